@@ -1,0 +1,274 @@
+"""Structured run configs: YAML files validated against dataclasses with OmegaConf.
+
+A run config has the sections ``model``, ``data``, ``optim``, ``trainer``,
+``checkpoint`` and ``eval``. Loading merges the YAML (and ``--set key=value``
+overrides) onto the dataclass schema in struct mode, so an unknown or mistyped
+key fails before anything is built, naming the key and the closest valid one.
+Registry names (encoders, losses, datasets, evaluators) and their parameters
+are checked against the registries by :func:`validate`.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from alignkit.core.registry import (DATASETS, ENCODERS, EVALUATORS, HEADS, LOSSES, MODELS, ConfigError,
+                                    did_you_mean)
+
+
+@dataclass
+class TowerConfig:
+    """One modality's tower: an encoder from ``ENCODERS`` and a projection head from ``HEADS``."""
+    encoder: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+    head: str = "linear"
+    head_params: Dict[str, Any] = field(default_factory=dict)
+    frozen: bool = False
+    input_key: Optional[str] = None  # batch field holding this modality's inputs (default: the modality name)
+
+
+@dataclass
+class ObjectiveConfig:
+    """A pairwise alignment term: ``weight * LOSSES[loss](embed[a], embed[b])``."""
+    a: str = MISSING
+    b: str = MISSING
+    loss: str = "clip"
+    weight: float = 1.0
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EMAConfig:
+    """Momentum (EMA) teacher of all towers; its embeddings give ALBEF soft targets mixed with ``alpha``."""
+    enabled: bool = False
+    decay: float = 0.995
+    alpha: float = 0.4
+
+
+@dataclass
+class ModelConfig:
+    name: str = "alignment"
+    embed_dim: int = 256
+    towers: Dict[str, TowerConfig] = field(default_factory=dict)
+    objectives: List[ObjectiveConfig] = field(default_factory=list)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    params: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the model class
+
+
+@dataclass
+class DataConfig:
+    dataset: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0
+    pin_memory: Optional[bool] = None  # None: pinned when CUDA is available
+    persistent_workers: Optional[bool] = None  # None: True when num_workers > 0
+    shards: Optional[str] = None  # WebDataset brace pattern / URL of training shards (`alignkit shard`)
+    shard_shuffle: int = 1000
+    hard_negative_batches: bool = False
+    items_per_group: int = 4
+    train_split: str = "train"
+    val_split: Optional[str] = "val"
+    test_split: Optional[str] = "test"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` over the run's optimizer steps."""
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer``: DDP/FSDP on many GPUs and nodes is a change here."""
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = -1
+    max_epochs: Optional[int] = None
+    max_time: Optional[str] = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    val_check_interval: Optional[Any] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_train_batches: Optional[Any] = None
+    limit_val_batches: Optional[Any] = None
+    log_every_n_steps: int = 50
+    fast_dev_run: Any = False
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: Optional[int] = None
+    every_n_epochs: Optional[int] = None
+    save_last: bool = True
+    save_top_k: int = 0
+
+
+@dataclass
+class EvaluatorConfig:
+    name: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+    split: str = "test"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    num_threads: Optional[int] = None  # torch intra-op threads; None keeps torch's default
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: List[EvaluatorConfig] = field(default_factory=list)
+
+
+def _valid_keys(schema: Any, dotted: str) -> List[str]:
+    """Keys valid beside ``dotted`` (the dotted path of an offending key) in ``schema``."""
+    node = schema
+    parts = [p for p in dotted.split(".")[:-1] if p]
+    for part in parts:
+        try:
+            node = node[int(part)] if isinstance(node, (list,)) or OmegaConf.is_list(node) else node[part]
+        except (KeyError, IndexError, ValueError, OmegaConfBaseException):
+            return []
+    if OmegaConf.is_dict(node):
+        return [str(k) for k in node.keys()]
+    return []
+
+
+def _raise_key_error(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> None:
+    full = getattr(exc, "full_key", None) or ""
+    key = str(getattr(exc, "key", "") or full.split(".")[-1])
+    if not full:
+        full = key
+    valid = _valid_keys(schema, full)
+    hint = did_you_mean(key, valid)
+    prefix = full.rsplit(".", 1)[0] + "." if "." in full else ""
+    suggestion = ""
+    if hint:
+        best = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)[0]
+        suggestion = f" (did you mean '{prefix}{best}'?)"
+    raise ConfigError(f"unknown config key '{full}' in {source}{suggestion}") from None
+
+
+def _merge(schema: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, other)
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        _raise_key_error(exc, schema, source)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid value in {source}: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``key=value`` items (dotted keys, list indices as ``objectives.0.loss``; YAML values)."""
+    cfg = cfg.copy()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({exc})") from None
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except (ConfigKeyError, ConfigAttributeError) as exc:
+            if getattr(exc, "full_key", None) in (None, ""):
+                exc.full_key = key  # type: ignore[attr-defined]
+            _raise_key_error(exc, cfg, f"override '{item}'")
+        except (ValidationError, IndexError, OmegaConfBaseException) as exc:
+            raise ConfigError(f"override '{item}': {exc}") from None
+    return cfg
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
+                base: Optional[Dict[str, Any]] = None) -> DictConfig:
+    """Load a YAML run config (or a dict ``base``) onto the :class:`RunConfig` schema, apply overrides, validate."""
+    schema = OmegaConf.structured(RunConfig)
+    cfg = schema
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.create(base), "the given config")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every registry name and parameter key in ``cfg`` before anything is built."""
+    from alignkit.core import register_core
+    register_core()
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"config values missing: {', '.join(sorted(missing))}")
+    MODELS.check_params(cfg.model.name, dict(cfg.model.params), "model.params")
+    for name, tower in cfg.model.towers.items():
+        ENCODERS.check_params(tower.encoder, _plain(tower.params), f"model.towers.{name}.params")
+        HEADS.check_params(tower.head, _plain(tower.head_params), f"model.towers.{name}.head_params")
+    for i, obj in enumerate(cfg.model.objectives):
+        for side in (obj.a, obj.b):
+            if side not in cfg.model.towers:
+                raise ConfigError(f"model.objectives[{i}] names modality '{side}' which has no tower"
+                                  f"{did_you_mean(side, cfg.model.towers.keys())}")
+        LOSSES.check_params(obj.loss, _plain(obj.params), f"model.objectives[{i}].params")
+    if cfg.data.dataset is not None:
+        DATASETS.check_params(cfg.data.dataset, _plain(cfg.data.params), "data.params")
+    for i, ev in enumerate(cfg.eval):
+        EVALUATORS.check_params(ev.name, _plain(ev.params), f"eval[{i}].params")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def to_plain(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config as plain Python containers."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def configs_dir() -> Path:
+    """The repository's ``configs/`` folder, or ``$ALIGNKIT_CONFIGS`` when set."""
+    env = os.environ.get("ALIGNKIT_CONFIGS")
+    root = Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    if not root.is_dir():
+        raise ConfigError(f"configs folder not found at {root}; set ALIGNKIT_CONFIGS to the repository's configs/")
+    return root
+
+
+def list_configs(root: Path) -> List[Path]:
+    """Every ``*.yaml`` under ``root`` (the repository's ``configs/``), sorted."""
+    return sorted(root.rglob("*.yaml"))

@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests run offline: model weights only ever come from local folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker gets one intra-op thread, so workers do not oversubscribe the cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny shapes dataset in the paired-csv format: 4 blocks x 8 shapes for training, 24 val, 40 test."""
+    from alignkit.core.shapes import write_shapes_dataset
+    root = tmp_path_factory.mktemp("shapes_tiny")
+    write_shapes_dataset(root, train_replicas=1, max_train_blocks=4, num_val=24, num_test=40, image_size=32)
+    return root
+
+
+TINY_TRAIN = ["trainer.max_steps=4", "data.batch_size=16", "model.towers.image.params.widths=[8,16]",
+              "trainer.val_check_interval=null", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+              "eval.0.params.num_candidates=20"]
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_model(shapes_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo config trained for 4 steps on ``shapes_tiny`` and exported with `alignkit export`."""
+    from alignkit.cli import main
+    out = tmp_path_factory.mktemp("tiny_run")
+    config = REPO / "configs" / "core" / "shapes_demo.yaml"
+    assert main(["train", "-c", str(config), "--set", f"data.params.root={shapes_tiny}", f"out_dir={out}",
+                 "name=tiny", *TINY_TRAIN]) == 0
+    assert main(["export", str(out / "tiny"), "--out", str(out / "export")]) == 0
+    return out / "export"
