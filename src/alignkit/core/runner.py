@@ -1,0 +1,170 @@
+"""Build a run from a validated config and train / evaluate it with Lightning.
+
+A run folder ``{out_dir}/{name}/`` holds ``config.yaml`` (the resolved config), ``checkpoints/``
+(``last.ckpt`` and periodic ones), ``tb/`` (TensorBoard), ``csv/metrics.csv`` and, at the end,
+``metrics.json``: a flat ``{name: number}`` of the final training/validation figures and every
+configured evaluator's metrics. Checkpoints are read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from alignkit.core.config import ConfigError, save_config, to_plain
+from alignkit.core.registry import EVALUATORS, MODELS
+from alignkit.core.resume import ResumeTracker
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def build_model(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule named by ``model.name``, built from the ``model`` and ``optim`` sections."""
+    model = to_plain(cfg.model)
+    params = model.pop("params", {})
+    model.pop("name")
+    return MODELS.build(cfg.model.name, where="model.params", model=model, optim=to_plain(cfg.optim), **params)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    from alignkit.core.data import AlignmentDataModule
+    d = to_plain(cfg.data)
+    return AlignmentDataModule(seed=int(cfg.seed), **d)
+
+
+def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    """The ``trainer`` section as ``lightning.Trainer`` keyword arguments (None passed through: it is meaningful,
+    e.g. ``check_val_every_n_epoch: null`` validates every ``val_check_interval`` steps across epochs)."""
+    return to_plain(cfg.trainer)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (),
+                  **overrides: Any) -> L.Trainer:
+    ck = cfg.checkpoint
+    callbacks = [*callbacks,
+        ResumeTracker(),
+        LearningRateMonitor(logging_interval="step"),
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, every_n_train_steps=ck.every_n_train_steps,
+                        every_n_epochs=ck.every_n_epochs, save_last=ck.save_last, save_top_k=ck.save_top_k,
+                        filename="step{step:07d}", auto_insert_metric_name=False),
+    ]
+    loggers = [TensorBoardLogger(run_dir, name="tb", version=""), CSVLogger(run_dir, name="csv", version="")]
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(overrides)
+    # the DataModule's samplers shard by rank themselves (seeded DistributedSampler / GroupedBatchSampler / shards)
+    return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers,
+                     use_distributed_sampler=False, **kwargs)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def _number(v: Any) -> Optional[float]:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            return None
+        v = v.item()
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def write_metrics(run_dir: Path, metrics: Dict[str, Any]) -> Path:
+    """Write ``metrics.json`` (flat name -> number; NaN written as null) and return its path."""
+    flat = {}
+    for k, v in sorted(metrics.items()):
+        x = _number(v)
+        if x is not None:
+            flat[k] = None if math.isnan(x) else x
+    path = Path(run_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(flat, indent=2))
+    return path
+
+
+def run_evaluators(cfg: DictConfig, model: Any, datamodule: Any, out_dir: Path) -> Dict[str, float]:
+    """Run every configured evaluator on its split; returns the merged flat metrics."""
+    from alignkit.core.api import AlignedModel
+    if not cfg.eval:
+        return {}
+    aligned = model if isinstance(model, AlignedModel) else AlignedModel(model.eval(), to_plain(cfg))
+    metrics: Dict[str, float] = {}
+    train_loader = datamodule.eval_dataloader(cfg.data.train_split)
+    for ev in cfg.eval:
+        evaluator = EVALUATORS.build(ev.name, where="eval.params", **to_plain(ev.params))
+        test_loader = datamodule.eval_dataloader(ev.split)
+        if test_loader is None:
+            raise ConfigError(f"evaluator '{ev.name}' asks for split '{ev.split}', which the dataset does not have")
+        metrics.update(evaluator(aligned, train_loader, test_loader, Path(out_dir)))
+    return metrics
+
+
+def train(cfg: DictConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
+    """Train (or, with ``resume``, continue from ``checkpoints/last.ckpt``), evaluate, write metrics.json.
+
+    Returns ``{"run_dir", "metrics", "model", "trainer", "datamodule"}``.
+    """
+    run_dir = run_dir_of(cfg)
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {last}")
+    if not resume and last.is_file():
+        raise ConfigError(f"run folder {run_dir} already holds a checkpoint; pass --resume to continue it "
+                          f"or choose another name (--set name=...) or out_dir")
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
+    metrics: Dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items()}
+    metrics["trainer/global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        if not cfg.trainer.fast_dev_run:
+            metrics.update(run_evaluators(cfg, model, datamodule, run_dir))
+        write_metrics(run_dir, metrics)
+    return {"run_dir": run_dir, "metrics": metrics, "model": model, "trainer": trainer, "datamodule": datamodule}
+
+
+def load_checkpoint(cfg: DictConfig, ckpt: str | Path) -> L.LightningModule:
+    """Rebuild the model of ``cfg`` and load ``ckpt`` into it with ``torch.load(weights_only=True)``."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint not found: {ckpt}")
+    model = build_model(cfg)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def evaluate(cfg: DictConfig, ckpt: str | Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Evaluate a checkpoint with the config's evaluators; writes ``metrics.json`` and plots to ``out_dir``."""
+    model = load_checkpoint(cfg, ckpt)
+    out = Path(out_dir) if out_dir else Path(ckpt).resolve().parent.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    datamodule = build_datamodule(cfg)
+    metrics = run_evaluators(cfg, model, datamodule, out)
+    write_metrics(out, metrics)
+    return {"run_dir": out, "metrics": metrics}
+
+
+def cfg_from_run(run_dir: Path) -> DictConfig:
+    from alignkit.core.config import load_config
+    return load_config(Path(run_dir) / "config.yaml")
+
+
+__all__ = ["build_model", "build_datamodule", "build_trainer", "train", "evaluate", "load_checkpoint",
+           "write_metrics", "run_evaluators", "cfg_from_run", "OmegaConf"]

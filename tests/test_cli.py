@@ -1,0 +1,70 @@
+"""Smoke tests of every `alignkit` subcommand, in-process through `alignkit.cli.main`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignkit.cli import main
+
+CONFIG = "core/shapes_demo.yaml"
+
+
+def _tiny(root: Path, out: Path, name: str = "cli") -> list:
+    return ["--set", f"data.params.root={root}", f"out_dir={out}", f"name={name}", "trainer.max_steps=4",
+            "data.batch_size=16", "model.towers.image.params.widths=[8,16]", "trainer.val_check_interval=null",
+            "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+            "eval.0.params.num_candidates=20"]
+
+
+def test_configs_lists_every_yaml(capsys: pytest.CaptureFixture) -> None:
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "core/shapes_demo.yaml" in listed
+
+
+def test_train_eval_export_shard(shapes_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path)]) == 0
+    run = tmp_path / "cli"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trainer/global_step"] == 4
+    assert 0.0 <= metrics["retrieval/text2image_R@1"] <= 1.0 and "zero_shot/top1" in metrics
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tb").rglob("events.out.tfevents*")) and (run / "csv" / "metrics.csv").is_file()
+    assert (run / "retrieval_text2image_similarity.png").is_file()
+
+    # eval: same figures from the checkpoint, written to --out
+    out = tmp_path / "eval"
+    assert main(["eval", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path), "--ckpt",
+                 str(run / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["retrieval/text2image_R@1"] == pytest.approx(metrics["retrieval/text2image_R@1"])
+
+    # export + load: the exported model embeds like the trained one
+    exp = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(exp)]) == 0
+    assert {"config.json", "model.safetensors"} <= {p.name for p in exp.iterdir()}
+    import alignkit
+    model = alignkit.load(exp)
+    assert set(model.modalities) == {"image", "text"}
+    z = model.embed("text", ["a red circle", "a blue star"])
+    assert z.shape == (2, 128) and torch.allclose(z.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+    # shard: WebDataset tars + a pattern that train accepts
+    shards = tmp_path / "shards"
+    assert main(["shard", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path), "--out", str(shards),
+                 "--max-count", "10"]) == 0
+    assert len(list(shards.glob("*.tar"))) == 4  # 32 training items, 10 per shard
+    assert "data.shards=" in capsys.readouterr().out
+
+
+def test_config_error_exit_code(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "-c", CONFIG, "--set", "data.params.root=/x", "trainer.max_step=3"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_step" in err and "trainer.max_steps" in err
+
+
+def test_resume_requires_checkpoint(tmp_path: Path, shapes_tiny: Path) -> None:
+    assert main(["train", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path, "none"), "--resume"]) == 2
