@@ -68,3 +68,18 @@ def test_config_error_exit_code(capsys: pytest.CaptureFixture) -> None:
 
 def test_resume_requires_checkpoint(tmp_path: Path, shapes_tiny: Path) -> None:
     assert main(["train", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path, "none"), "--resume"]) == 2
+
+
+def test_train_with_ddp_on_two_cpu_processes(shapes_tiny: Path, tmp_path: Path) -> None:
+    """DDP is a config change: `--set trainer.strategy=ddp trainer.devices=2` launches 2 gloo processes."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "alignkit.cli", "train", "-c", CONFIG, *_tiny(shapes_tiny, tmp_path, "ddp"),
+           "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=8",
+           "trainer.max_steps=3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1  # reported by rank 0 only
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["trainer/global_step"] == 3 and "retrieval/text2image_R@1" in metrics

@@ -43,7 +43,8 @@ def _load(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from alignkit.core.runner import train
     result = train(_load(args), resume=args.resume)
-    print(f"run folder: {result['run_dir']}  (metrics.json, config.yaml, checkpoints/, tb/, csv/)")
+    if result["trainer"].is_global_zero:
+        print(f"run folder: {result['run_dir']}  (metrics.json, config.yaml, checkpoints/, tb/, csv/)")
     return 0
 
 
