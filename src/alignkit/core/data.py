@@ -35,6 +35,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from alignkit.core.distributed import distributed_position
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.core.resume import ResumableDataLoader
 
@@ -430,18 +431,6 @@ class PairedImageTextCSV(PairedDataset):
 
 
 # ------------------------------------------------------------------------------------------ batching
-
-
-def distributed_position(num_replicas: Optional[int] = None, rank: Optional[int] = None) -> Tuple[int, int]:
-    """``(num_replicas, rank)``: the given values, else those of the initialised process group, else ``(1, 0)``."""
-    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if num_replicas is None:
-        num_replicas = torch.distributed.get_world_size() if initialised else 1
-    if rank is None:
-        rank = torch.distributed.get_rank() if initialised else 0
-    if not 0 <= rank < num_replicas:
-        raise ValueError(f"rank {rank} is outside [0, {num_replicas}) (num_replicas={num_replicas})")
-    return num_replicas, rank
 
 
 class GroupedBatchSampler(Sampler[List[int]]):

@@ -10,6 +10,8 @@ Under DDP each rank holds a local batch ``x_r`` of ``B`` rows (the same ``B`` on
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -28,6 +30,12 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 without ``torch.distributed``)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def distributed_position(num_replicas: Optional[int] = None, rank: Optional[int] = None) -> Tuple[int, int]:
+    """``(num_replicas, rank)``: the given values, else those of the process group (``(1, 0)`` without one)."""
+    own_rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return (world_size() if num_replicas is None else int(num_replicas), own_rank if rank is None else int(rank))
 
 
 def local_row_offset(local_batch: int) -> int:
