@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.alignkit-installed
 DEMO    ?= core
 OUT     ?= runs/demo-$(DEMO)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2 --durations=15
 SYSTEM_PACKAGES ?=
 
 .PHONY: setup system-deps demo test clean

@@ -9,6 +9,7 @@ Writes ``metrics.json`` and the run folder under ``--out``.
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -68,6 +69,8 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     if not (data_root / "pairs.csv").is_file():
         console.print(f"writing the shapes dataset to {data_root} ...")
         write_shapes_dataset(data_root, train_replicas=FAST_REPLICAS if fast else FULL_REPLICAS)
+    if (out / "run").exists():  # a demo re-run starts over; the generated data is kept
+        shutil.rmtree(out / "run")
     overrides = [f"data.params.root={data_root}", f"out_dir={out}", "name=run"]
     overrides += FAST_OVERRIDES if fast else []
     cfg = load_config(config or configs_dir() / "core" / "shapes_demo.yaml", overrides)
