@@ -34,6 +34,7 @@ def test_train_eval_export_shard(shapes_tiny: Path, tmp_path: Path, capsys: pyte
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "tb").rglob("events.out.tfevents*")) and (run / "csv" / "metrics.csv").is_file()
     assert (run / "retrieval_text2image_similarity.png").is_file()
+    assert (run / "embeddings.safetensors").is_file()
 
     # eval: same figures from the checkpoint, written to --out
     out = tmp_path / "eval"

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, default_collate
 
+from alignkit.core.data import collate_samples
+
 from alignkit.core import evaluate as ev
 from alignkit.core import plots
 from alignkit.core.registry import EVALUATORS, ConfigError
@@ -430,3 +432,21 @@ def test_linear_probe_and_knn_evaluators(toy, tmp_path: Path):
     knn = EVALUATORS.build("knn", k=5, progress=False)(model, train, test, tmp_path)
     assert set(knn) == {"knn/top1", "knn/top5", "knn/mean_per_class_acc"} and knn["knn/top1"] > 0.9
     assert_png(tmp_path / "knn_confusion.png")
+
+
+def test_embedding_export_evaluator_round_trip(tmp_path) -> None:
+    from alignkit.core.evaluate import EmbeddingExportEvaluator, load_embeddings
+
+    class Fake:
+        def embed(self, modality, inputs):
+            x = inputs.float() if isinstance(inputs, torch.Tensor) else torch.tensor([[float(len(t)), 1.0] for t in inputs])
+            return torch.nn.functional.normalize(x, dim=-1)
+
+    samples = [{"image": torch.tensor([float(i), 1.0]), "text": "x" * (i + 1), "label": i % 2, "id": f"s{i}"}
+               for i in range(5)]
+    loader = torch.utils.data.DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+    metrics = EmbeddingExportEvaluator(progress=False)(Fake(), None, loader, tmp_path)
+    assert metrics == {"export_embeddings/count": 5.0}
+    back = load_embeddings(tmp_path / "embeddings.safetensors")
+    assert back["image"].shape == (5, 2) and back["id"] == [f"s{i}" for i in range(5)]
+    assert back["label"].tolist() == [0, 1, 0, 1, 0]

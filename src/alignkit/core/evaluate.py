@@ -769,8 +769,24 @@ class KNNEvaluator:
         return _prefixed("knn", metrics)
 
 
+@EVALUATORS.register("export_embeddings")
+class EmbeddingExportEvaluator:
+    """Embed the evaluated split and write ``embeddings.safetensors`` (one tensor per modality plus
+    ``label``/``group`` when present; string ids in the metadata) for downstream heads. Returns
+    ``export_embeddings/count``."""
+
+    def __init__(self, modalities: Sequence[str] = ("image", "text"), filename: str = "embeddings.safetensors",
+                 progress: bool = True):
+        self.modalities, self.filename, self.progress = list(modalities), filename, progress
+
+    def __call__(self, model: Any, train_loader: Any, test_loader: Any, out_dir: Path) -> Dict[str, float]:
+        out = embed_loader(model, test_loader, self.modalities, self.progress)
+        export_embeddings(Path(out_dir) / self.filename, **out)
+        return {"export_embeddings/count": float(len(out[self.modalities[0]]))}
+
+
 __all__ = [
-    "retrieval_ranks", "rank_metrics", "retrieval_metrics", "recall_curve_from_ranks", "recall_at_k_curve",
+    "EmbeddingExportEvaluator", "retrieval_ranks", "rank_metrics", "retrieval_metrics", "recall_curve_from_ranks", "recall_at_k_curve",
     "candidate_blocks", "bidirectional_ranks", "bidirectional_retrieval", "class_embeddings", "zero_shot_predict",
     "topk_accuracy", "confusion_matrix", "per_class_accuracy", "roc_curve", "binary_auroc", "multilabel_auroc",
     "ThresholdF1", "f1_at_optimal_threshold", "classification_metrics", "LinearProbeResult", "linear_probe",
