@@ -25,13 +25,13 @@ def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Union[str, Path]) -> Path:
+def save_figure(fig: Figure, path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -58,7 +58,7 @@ def plot_similarity_matrix(sim: ArrayLike, path: Union[str, Path], labels: Optio
     ``labels`` name the items (rows and columns share them, as for paired data).
     """
     s = _numpy(sim)[:max_items, :max_items]
-    fig = _new_figure(7, 6)
+    fig = new_figure(7, 6)
     ax = fig.add_subplot()
     im = ax.imshow(s, cmap="viridis", aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="similarity")
@@ -68,7 +68,7 @@ def plot_similarity_matrix(sim: ArrayLike, path: Union[str, Path], labels: Optio
     if labels is not None:
         _item_ticks(ax, list(labels)[: s.shape[1]], "x")
         _item_ticks(ax, list(labels)[: s.shape[0]], "y")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: Union[str, Path],
@@ -83,7 +83,7 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: Union
     if normalize:
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
     side = min(4 + 0.3 * len(class_names), 16)
-    fig = _new_figure(side + 1, side)
+    fig = new_figure(side + 1, side)
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="fraction of true class" if normalize else "count")
@@ -96,12 +96,12 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str], path: Union
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=7,
                     color="white" if v > high else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_recall_at_k(curves: Mapping[str, ArrayLike], path: Union[str, Path]) -> Path:
     """Recall@k against k (entry k-1 of each curve is R@k), one line per named curve."""
-    fig = _new_figure(6, 4.5)
+    fig = new_figure(6, 4.5)
     ax = fig.add_subplot()
     longest = 1
     for name, curve in curves.items():
@@ -115,7 +115,7 @@ def plot_recall_at_k(curves: Mapping[str, ArrayLike], path: Union[str, Path]) ->
     ax.set_ylabel("recall@k")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(scores: ArrayLike, targets: ArrayLike, class_names: Sequence[str],
@@ -130,7 +130,7 @@ def plot_roc_curves(scores: ArrayLike, targets: ArrayLike, class_names: Sequence
     if s.shape != t.shape or s.shape[1] != len(class_names):
         raise ValueError(f"scores {tuple(s.shape)}, targets {tuple(t.shape)} and {len(class_names)} class names "
                          "must agree as (N, C), (N, C), C")
-    fig = _new_figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
     for c, name in enumerate(class_names):
@@ -144,7 +144,7 @@ def plot_roc_curves(scores: ArrayLike, targets: ArrayLike, class_names: Sequence
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC (AUROC)")
     ax.legend(fontsize=7 if len(class_names) > 8 else 9, ncols=1 + len(class_names) // 16)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["plot_similarity_matrix", "plot_confusion_matrix", "plot_recall_at_k", "plot_roc_curves"]
