@@ -3,7 +3,7 @@
 #   make test   the same set-up, then the whole test suite
 VENV    ?= .venv
 PYTHON  ?= python3
-EXTRAS  ?= dev
+EXTRAS  ?= dev,medical
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.alignkit-installed
 DEMO    ?= core
