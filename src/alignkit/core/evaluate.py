@@ -610,7 +610,7 @@ def _dataset_class_names(loader: Any, given: Optional[Sequence[str]], evaluator:
     return None if names is None else list(names)
 
 
-def _group_ids(values: Union[Tensor, List[str]]) -> Tensor:
+def group_ids(values: Union[Tensor, List[str]]) -> Tensor:
     """LongTensor (N,) from a numeric tensor or a list of strings (equal strings -> equal ids)."""
     if isinstance(values, Tensor):
         return values.long()
@@ -663,7 +663,7 @@ class RetrievalEvaluator:
         if self.match_key is not None and self.match_key not in out:
             raise ConfigError(f"retrieval match_key '{self.match_key}' is not a field of the test batches; "
                               f"fields: {sorted(out)}")
-        groups = None if self.match_key is None else _group_ids(out[self.match_key])
+        groups = None if self.match_key is None else group_ids(out[self.match_key])
         r_qg, r_gq = bidirectional_ranks(out[q], out[g], groups, groups, self.num_candidates, self.seed)
         metrics = {**rank_metrics(r_qg, self.ks, f"{q}2{g}_"), **rank_metrics(r_gq, self.ks, f"{g}2{q}_")}
 
