@@ -304,3 +304,53 @@ def test_mlp_head_layers_and_residual() -> None:
         torch.testing.assert_close(res(x), x if in_dim == out_dim else x @ res.skip.weight.T)
     with pytest.raises(ConfigError, match="did you mean 'gelu'"):
         HEADS.build("mlp", in_dim=4, out_dim=4, activation="gleu")
+
+
+# --------------------------------------------------------------------------- reports as sentences, cached tokens
+def test_a_list_item_is_the_mean_of_its_sentence_embeddings(minilm: TextEncoder) -> None:
+    report = ["There is a small left pleural effusion.", "The heart size is normal."]
+    with torch.no_grad():
+        sentences = minilm(report)
+        batch = minilm([report, "No pleural effusion.", ["No pneumothorax."]])
+    torch.testing.assert_close(batch[0], sentences.mean(0))
+    torch.testing.assert_close(batch[1:], minilm(["No pleural effusion.", "No pneumothorax."]))
+    enc = ENCODERS.build("hf-text", config=TINY_BERT)  # trainable: gradients flow through the mean
+    enc([["a b", "c"], "d"]).sum().backward()
+    assert enc.model.embeddings.word_embeddings.weight.grad is not None
+    with pytest.raises(ValueError, match="item 1 .*non-empty list"):
+        minilm(["a", []])
+
+
+def test_sentence_lists_are_cached_sentence_by_sentence(minilm: TextEncoder) -> None:
+    cached = freeze(ENCODERS.build("minilm-l6", cache=True))
+    calls = count_calls(cached.module.model)
+    reports = [["Mild cardiomegaly.", "No pleural effusion."], ["No pleural effusion."]]
+    out = cached(reports)
+    assert set(cached.module._cached) == {"Mild cardiomegaly.", "No pleural effusion."}
+    assert calls[0] == 1
+    with torch.no_grad():
+        ref = minilm(["Mild cardiomegaly.", "No pleural effusion."])
+    torch.testing.assert_close(out, torch.stack([ref.mean(0), ref[1]]))
+    torch.testing.assert_close(cached.embed_texts([reports[1], reports[0]], progress=False), out.flip(0))
+    assert calls[0] == 1  # every sentence was a hit
+
+
+def test_encode_tokens_cache_matches_the_model_and_runs_once(minilm: TextEncoder) -> None:
+    cached = freeze(ENCODERS.build("minilm-l6", cache=True))
+    calls = count_calls(cached.module.model)
+    texts = ["a small blue square", "a circle", "a small blue square"]
+    got = cached.encode_tokens(texts)
+    assert calls[0] == 1 and len(cached.module._cached_tokens) == 2
+    with torch.no_grad():
+        ref = minilm.encode_tokens(texts)
+    assert got.tokens == ref.tokens and torch.equal(got.mask, ref.mask)
+    m = ref.mask.unsqueeze(-1)
+    torch.testing.assert_close(got.features * m, ref.features * m, atol=1e-5, rtol=1e-5)
+    assert not got.features[~ref.mask].any()  # padding is zero
+    again = cached.encode_tokens(["a circle"])
+    assert calls[0] == 1 and again.features.shape[1] == 4  # padded to its own length only
+    cached.clear_cache()
+    cached.encode_tokens(["a circle"])
+    assert calls[0] == 2
+    with pytest.raises(RuntimeError, match="trainable"):
+        ENCODERS.build("hf-text", config=TINY_BERT, cache=True).encode_tokens(["a circle"])

