@@ -30,6 +30,15 @@ def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def cxr_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic MIMIC-CXR-JPG tree of 24 studies at 64 px."""
+    from alignkit.domains.medical.xray.synthetic import write_synthetic_mimic
+    root = tmp_path_factory.mktemp("cxr_tiny")
+    write_synthetic_mimic(root, 24, image_size=64)
+    return root
+
+
 TINY_TRAIN = ["trainer.max_steps=4", "data.batch_size=16", "model.towers.image.params.widths=[8,16]",
               "trainer.val_check_interval=null", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
               "eval.0.params.num_candidates=20"]

@@ -15,6 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # tiny-data overrides per dataset name: each returns `--set` items pointing the config at tiny inputs
 TINY_DATA: Dict[str, Callable[[pytest.FixtureRequest], List[str]]] = {
     "paired-csv": lambda request: [f"data.params.root={request.getfixturevalue('shapes_tiny')}"],
+    "cxr": lambda request: [f"data.params.root={request.getfixturevalue('cxr_tiny')}", "data.params.image_size=64"],
 }
 
 # one step on one CPU process; the config's model, losses, optimiser and precision stay as published

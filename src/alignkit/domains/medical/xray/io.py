@@ -25,7 +25,7 @@ import re
 from collections import Counter, abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -126,8 +126,11 @@ def _scale(values: np.ndarray, value_range: Tuple[float, float], window: Window)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _read_bitmap(path: Path, window: Window, frame: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """PNG/JPEG -> ``[0, 1]``: 8-bit (and colour, converted to luma) by 255, 16-bit (``I;16``, ``I``) by 65535."""
+def _read_bitmap(path: Union[Path, BinaryIO], window: Window, frame: int,
+                 where: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
+    """PNG/JPEG (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``: 8-bit (and colour, converted
+    to luma) by 255, 16-bit (``I;16``, ``I``) by 65535."""
+    where = where or str(path)
     values: Optional[np.ndarray] = None
     try:
         with Image.open(path) as img:
@@ -144,10 +147,10 @@ def _read_bitmap(path: Path, window: Window, frame: int) -> Tuple[np.ndarray, Di
             meta = {"format": img.format, "mode": img.mode, "frames": frames, "frame": frame,
                     "photometric": "MONOCHROME2"}
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image file {path} ({type(exc).__name__}: {exc}); the file is corrupt, "
+        raise ValueError(f"cannot decode image file {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
                          "truncated or not an image") from exc
     if values is None:
-        raise ValueError(f"frame {frame} requested but {path} has {frames} frame(s)")
+        raise ValueError(f"frame {frame} requested but {where} has {frames} frame(s)")
     return _scale(values, value_range, window), meta
 
 
@@ -189,8 +192,11 @@ def _apply_voi(values: np.ndarray, ds: Any) -> Tuple[np.ndarray, Tuple[float, fl
     return apply_voi_lut(values, ds), (float(np.min(ends)), float(np.max(ends)))
 
 
-def _read_dicom(path: Path, window: Window, frame: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """DICOM -> ``[0, 1]``, bone bright. The steps are listed in :func:`load_xray`."""
+def _read_dicom(path: Union[Path, BinaryIO], window: Window, frame: int,
+                where: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
+    """DICOM (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``, bone bright. The steps are
+    listed in :func:`load_xray`."""
+    where = where or str(path)
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, pixel_array
@@ -199,19 +205,19 @@ def _read_dicom(path: Path, window: Window, frame: int) -> Tuple[np.ndarray, Dic
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct.error, ... on bad files
-        raise ValueError(f"cannot read DICOM file {path} ({type(exc).__name__}: {exc}); the file is corrupt, "
+        raise ValueError(f"cannot read DICOM file {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
                          "truncated or not DICOM") from exc
     if "PixelData" not in ds:
-        raise ValueError(f"DICOM file {path} has no pixel data (7FE0,0010) (SOP class "
+        raise ValueError(f"DICOM file {where} has no pixel data (7FE0,0010) (SOP class "
                          f"{ds.get('SOPClassUID', 'unknown')}): it is not an image; remove it from the list")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
-        raise ValueError(f"frame {frame} requested but DICOM file {path} has {frames} frame(s)")
+        raise ValueError(f"frame {frame} requested but DICOM file {where} has {frames} frame(s)")
     try:
         stored = pixel_array(ds, index=frame if frames > 1 else None)
     except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError, ...
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ValueError(f"cannot decode the pixel data of DICOM file {path} (transfer syntax {syntax}; "
+        raise ValueError(f"cannot decode the pixel data of DICOM file {where} (transfer syntax {syntax}; "
                          f"{type(exc).__name__}: {exc}); the file is truncated or needs a decoder plugin "
                          "(pylibjpeg, gdcm)") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -229,7 +235,7 @@ def _read_dicom(path: Path, window: Window, frame: int) -> Tuple[np.ndarray, Dic
         bits = int(ds.get("BitsStored", 8))
         image = _scale(stored.astype(np.float32) @ _LUMA, (0.0, 2.0 ** bits - 1), window)
     else:
-        raise ValueError(f"DICOM file {path}: photometric interpretation {photometric} with pixel array of shape "
+        raise ValueError(f"DICOM file {where}: photometric interpretation {photometric} with pixel array of shape "
                          f"{stored.shape} is not supported (MONOCHROME1, MONOCHROME2, RGB and YBR are)")
     return image, meta
 
@@ -253,6 +259,19 @@ def _load(path: PathLike, image_size: ImageSize, window: Window, frame: int) -> 
     image, meta = (_read_dicom if is_dicom(path) else _read_bitmap)(path, window, frame)
     meta["original_shape"] = image.shape
     return np.ascontiguousarray(_resize(image, image_size)), meta
+
+
+def decode_xray(data: bytes, name: str = "<bytes>", dicom: Optional[bool] = None, image_size: ImageSize = None,
+                window: Window = "auto", frame: int = 0) -> np.ndarray:
+    """:func:`load_xray` of a file's bytes (e.g. read back from a shard): the same decoding, windowing and resizing.
+
+    ``dicom``: whether ``data`` is DICOM; None decides by the ``DICM`` mark at byte 128. ``name`` (the file or
+    record the bytes came from) is what errors name.
+    """
+    window = check_window(window)
+    is_dcm = data[128:132] == b"DICM" if dicom is None else dicom
+    image, _ = (_read_dicom if is_dcm else _read_bitmap)(io.BytesIO(data), window, frame, name)
+    return np.ascontiguousarray(_resize(image, image_size))
 
 
 def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "auto", frame: int = 0) -> np.ndarray:

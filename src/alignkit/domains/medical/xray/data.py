@@ -1,0 +1,203 @@
+"""Chest X-ray image-report pairs as an alignkit paired dataset (``DATASETS["cxr"]``).
+
+:class:`XRayReportDataset` wraps the archive readers of :mod:`alignkit.domains.medical.xray.io`
+(MIMIC-CXR-JPG, CheXpert, NIH ChestX-ray14, a generic CSV) in the :class:`~alignkit.core.data.PairedDataset`
+protocol: ``raw(i)`` holds the image file's bytes, the report's training text and the labels, and
+:class:`XRayReportDecoder` turns such a record (from the folder or from a WebDataset shard) into a sample.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
+from alignkit.core.encoders import check_choice
+from alignkit.core.registry import DATASETS, ConfigError
+from alignkit.domains.medical.reports import split_sentences
+from alignkit.domains.medical.xray.io import (CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, CheXpertReader,
+                                              GenericCsvReader, MimicCxrJpgReader, NIHChestXray14Reader, Window,
+                                              XRayRecordReader, check_window, decode_xray)
+
+LAYOUTS = ("mimic", "chexpert", "nih", "csv")
+TEXT_MODES = ("report", "sentences")
+IGNORE_LABEL = -1.0
+"""Label value of an unknown (or uncertain, under ``uncertain="ignore"``) finding: the core evaluators'
+multi-label convention ``{0, 1, -1 = ignore}``."""
+
+DEFAULT_LABELS: Dict[str, Tuple[str, ...]] = {"mimic": CHEXPERT_LABELS, "chexpert": CHEXPERT_LABELS,
+                                              "nih": (*NIH_LABELS, NO_FINDING), "csv": ()}
+_DICOM_FIELDS = ("dcm", "dicom")
+_IMAGE_FIELDS = ("png", "jpg", "jpeg", *_DICOM_FIELDS)
+
+
+def _grey_stat(value: Union[float, Sequence[float]], name: str) -> float:
+    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != 1:
+        raise ConfigError(f"cxr {name} is one number (grey images), got {value!r}")
+    return values[0]
+
+
+@dataclass(frozen=True)
+class XRayReportDecoder:
+    """Raw record (:meth:`XRayReportDataset.raw`) -> sample; picklable, reads no files.
+
+    Sample: ``image`` float Tensor ``(1, S, S)`` = ``(decode_xray(bytes, image_size=S, window) - mean) / std``
+    (the :func:`~alignkit.domains.medical.xray.io.load_xray` decoding, bone bright in ``[0, 1]`` before
+    normalising); ``text`` the report (``text_mode="report"``) or its sentences
+    (:func:`~alignkit.domains.medical.reports.split_sentences`, ``"sentences"``), absent when the archive has no
+    reports; ``labels`` float Tensor ``(C,)`` in ``{0, 1, -1 = ignore}``; ``id`` the image id; ``group`` the
+    study index (images of one study share it).
+    """
+
+    image_size: int = 224
+    window: Window = "auto"
+    mean: float = 0.5
+    std: float = 0.5
+    text_mode: str = "report"
+
+    def __post_init__(self) -> None:
+        check_choice(self.text_mode, TEXT_MODES, "cxr text_mode")
+        if self.image_size < 1:
+            raise ConfigError(f"cxr image_size must be positive, got {self.image_size}")
+        window = self.window if isinstance(self.window, str) else tuple(self.window)
+        object.__setattr__(self, "window", check_window(window))
+        object.__setattr__(self, "mean", _grey_stat(self.mean, "mean"))
+        object.__setattr__(self, "std", _grey_stat(self.std, "std"))
+        if self.std <= 0:
+            raise ConfigError(f"cxr std must be positive, got {self.std}")
+
+    def __call__(self, raw: RawRecord) -> Dict[str, Any]:
+        meta = json.loads(raw_text(raw["json"]))
+        field = next((f for f in _IMAGE_FIELDS if f in raw), None)
+        if field is None:
+            raise ValueError(f"X-ray record '{meta['id']}' ({meta['where']}) has no image field (one of "
+                             f"{', '.join(_IMAGE_FIELDS)}); its fields: {', '.join(sorted(raw))}")
+        where = meta["where"] + (f", shard {raw['__url__']}" if "__url__" in raw else "")
+        pixels = decode_xray(bytes(raw[field]), name=f"'{meta['id']}' ({where})",  # type: ignore[arg-type]
+                             dicom=field in _DICOM_FIELDS, image_size=self.image_size, window=self.window)
+        image = (torch.from_numpy(pixels).unsqueeze(0) - self.mean) / self.std
+        sample: Dict[str, Any] = {"image": image}
+        if "txt" in raw:
+            report = raw_text(raw["txt"])
+            sample["text"] = (split_sentences(report) or [report]) if self.text_mode == "sentences" else report
+        sample.update(labels=torch.tensor(meta["labels"], dtype=torch.float32), id=meta["id"],
+                      group=int(meta["group"]))
+        return sample
+
+
+@DATASETS.register("cxr")
+class XRayReportDataset(PairedDataset):
+    """Chest X-rays with their reports and labels, one item per image, from one archive layout.
+
+    Args:
+        layout: ``"mimic"`` (:class:`~alignkit.domains.medical.xray.io.MimicCxrJpgReader`, needs ``root``),
+            ``"chexpert"`` (``csv`` + ``root``), ``"nih"`` (``csv`` + ``images_dir``, default ``root``) or
+            ``"csv"`` (:class:`~alignkit.domains.medical.xray.io.GenericCsvReader`: ``csv`` + ``root`` and the
+            ``*_column`` parameters).
+        split: the archive's split (MIMIC: ``train``/``validate``/``test``); None keeps every image.
+        image_size, window, mean, std, text_mode: the decoder's (:class:`XRayReportDecoder`).
+        frontal_only, uncertain, blank, skip_bad, verify_images, report_sections, report_rule: the readers'
+            options (:class:`~alignkit.domains.medical.xray.io.XRayRecordReader`; ``frontal_only`` defaults to
+            True here, as ConVIRT and GLoRIA train on frontal views); ``uncertain="ignore"`` and blank cells
+            under ``blank="ignore"`` give the label ``-1``.
+        reports_root, image_extension (MIMIC), images_dir (NIH), image_column, report_column, report_is_path,
+            split_column, view_column, study_column, subject_column (``csv``): passed to the layout's reader.
+        label_columns: the findings, in order (``class_names``); default the layout's (CheXpert's 14 for
+            MIMIC/CheXpert, NIH's 14 + ``No Finding``, none for ``csv``).
+
+    ``skipped`` lists ``(where, reason)`` of every image ``skip_bad=True`` dropped (from the reader); nothing
+    else is dropped silently (``frontal_only`` drops are counted in ``dropped_views``). ``group`` of an item
+    is the index of its ``(subject, study)`` among this dataset's sorted studies: the images of one study are
+    positives of its report (use the ``multi_positive`` loss).
+    """
+
+    def __init__(self, layout: str = "mimic", root: Optional[str] = None, csv: Optional[str] = None,
+                 images_dir: Optional[str] = None, reports_root: Optional[str] = None, image_extension: str = "jpg",
+                 split: Optional[str] = None, image_size: int = 224, window: Window = "auto",
+                 frontal_only: bool = True, uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False,
+                 verify_images: bool = False, label_columns: Optional[Sequence[str]] = None,
+                 text_mode: str = "report", report_sections: Sequence[str] = ("findings", "impression"),
+                 report_rule: str = "any", image_column: str = "path", report_column: Optional[str] = None,
+                 report_is_path: bool = False, split_column: Optional[str] = None, view_column: Optional[str] = None,
+                 study_column: Optional[str] = None, subject_column: Optional[str] = None,
+                 mean: Union[float, Sequence[float]] = 0.5, std: Union[float, Sequence[float]] = 0.5):
+        super().__init__(params=locals())
+        check_choice(layout, LAYOUTS, "cxr layout")
+        self._decoder = self.decoder(image_size=image_size, window=window, mean=mean, std=std, text_mode=text_mode)
+        self.layout = layout
+        self.class_names: List[str] = list(DEFAULT_LABELS[layout] if label_columns is None else label_columns)
+        self.reader = self._reader(layout, root, csv, images_dir, reports_root, image_extension, split, frontal_only,
+                                   uncertain, blank, skip_bad, verify_images, report_sections, report_rule,
+                                   image_column, report_column, report_is_path, split_column, view_column,
+                                   study_column, subject_column)
+        self.records = self.reader.records
+        self.skipped = list(self.reader.skipped)
+        self.dropped_views = self.reader.dropped_views
+        studies = sorted({(r.subject_id, r.study_id) for r in self.records})
+        index = {s: k for k, s in enumerate(studies)}
+        self.groups: List[int] = [index[(r.subject_id, r.study_id)] for r in self.records]
+
+    def _reader(self, layout: str, root: Optional[str], csv: Optional[str], images_dir: Optional[str],
+                reports_root: Optional[str], image_extension: str, split: Optional[str], frontal_only: bool,
+                uncertain: str, blank: str, skip_bad: bool, verify_images: bool, report_sections: Sequence[str],
+                report_rule: str, image_column: str, report_column: Optional[str], report_is_path: bool,
+                split_column: Optional[str], view_column: Optional[str], study_column: Optional[str],
+                subject_column: Optional[str]) -> XRayRecordReader:
+        needs = {"mimic": ("root",), "chexpert": ("csv", "root"), "nih": ("csv",), "csv": ("csv", "root")}[layout]
+        given = {"root": root, "csv": csv}
+        missing = [k for k in needs if given[k] is None]
+        if layout == "nih" and images_dir is None and root is None:
+            missing.append("images_dir (or root)")
+        if missing:
+            raise ConfigError(f"cxr layout '{layout}' needs {', '.join(missing)} in data.params")
+        common = dict(split=split, frontal_only=frontal_only, skip_bad=skip_bad, verify_images=verify_images)
+        labelled = dict(common, uncertain=uncertain, blank=blank)
+        reports = dict(report_sections=tuple(report_sections), report_rule=report_rule)
+        if layout == "mimic":
+            return MimicCxrJpgReader(root, reports_root=reports_root, image_extension=image_extension,
+                                     label_columns=self.class_names, **labelled, **reports)
+        if layout == "chexpert":
+            return CheXpertReader(csv, root, label_columns=self.class_names, **labelled)
+        if layout == "nih":
+            unknown = sorted(set(self.class_names) - set(DEFAULT_LABELS["nih"]))
+            if unknown:
+                raise ConfigError(f"cxr layout 'nih': label_columns {unknown} are not NIH ChestX-ray14 findings; "
+                                  f"choose from {', '.join(DEFAULT_LABELS['nih'])}")
+            return NIHChestXray14Reader(csv, images_dir if images_dir is not None else root, **common)
+        return GenericCsvReader(csv, root, image_column=image_column, report_column=report_column,
+                                label_columns=self.class_names, split_column=split_column, view_column=view_column,
+                                study_column=study_column, subject_column=subject_column,
+                                report_is_path=report_is_path, **labelled, **reports)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def labels(self, i: int) -> List[float]:
+        """Item ``i``'s labels in ``class_names`` order: 1.0, 0.0, or ``-1.0`` for unknown / ignored."""
+        values = self.records[i].labels
+        return [IGNORE_LABEL if math.isnan(values[c]) else float(values[c]) for c in self.class_names]
+
+    def raw(self, i: int) -> Dict[str, RawValue]:
+        """``{<ext>: image file bytes, "txt": report (if any), "json": {id, group, study, where, labels}}``."""
+        record = self.records[i]
+        ext = record.image_path.suffix.lower().lstrip(".")
+        try:
+            data = record.image_path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read image file {record.image_path} (listed at {record.where}): {exc}") from exc
+        out: Dict[str, RawValue] = {"dcm" if ext in _DICOM_FIELDS else ext: data}
+        if record.report_text is not None:
+            out["txt"] = record.report_text
+        out["json"] = json.dumps({"id": record.image_id, "group": self.groups[i], "study": record.study_id,
+                                  "where": record.where, "labels": self.labels(i)})
+        return out
+
+    @classmethod
+    def decoder(cls, image_size: int = 224, window: Window = "auto", mean: Union[float, Sequence[float]] = 0.5,
+                std: Union[float, Sequence[float]] = 0.5, text_mode: str = "report") -> XRayReportDecoder:
+        return XRayReportDecoder(image_size=image_size, window=window, mean=mean,  # type: ignore[arg-type]
+                                 std=std, text_mode=text_mode)  # type: ignore[arg-type]
