@@ -32,10 +32,10 @@ def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cxr_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic MIMIC-CXR-JPG tree of 24 studies at 64 px."""
+    """A synthetic MIMIC-CXR-JPG tree of 30 studies at 64 px, 60/20/20 % train/validate/test."""
     from alignkit.domains.medical.xray.synthetic import write_synthetic_mimic
     root = tmp_path_factory.mktemp("cxr_tiny")
-    write_synthetic_mimic(root, 24, image_size=64)
+    write_synthetic_mimic(root, 30, image_size=64, split_fractions=(0.6, 0.2, 0.2))
     return root
 
 

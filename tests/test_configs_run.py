@@ -1,6 +1,7 @@
 """Every config in configs/ instantiates and runs one training step on tiny data (fast_dev_run)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -25,7 +26,12 @@ SINGLE_PROCESS = ["trainer.fast_dev_run=true", "trainer.accelerator=cpu", "train
 
 
 def _config_ids() -> List[Path]:
-    return list_configs(CONFIGS)
+    """Run configs; bench configs (under a `bench/` folder) are run by test_bench_config_runs."""
+    return [p for p in list_configs(CONFIGS) if "bench" not in p.relative_to(CONFIGS).parts]
+
+
+def _bench_ids() -> List[Path]:
+    return [p for p in list_configs(CONFIGS) if "bench" in p.relative_to(CONFIGS).parts]
 
 
 def test_there_are_configs() -> None:
@@ -44,3 +50,21 @@ def test_config_runs_one_step(path: Path, request: pytest.FixtureRequest, tmp_pa
     assert result["trainer"].global_step == 1
     assert (result["run_dir"] / "metrics.json").is_file()
     assert (result["run_dir"] / "config.yaml").is_file()
+
+
+# bench configs: every method trains one step on tiny data, then a one-seed, one-epoch BenchX pass
+TINY_BENCHX = ["benchx.fractions=[1.0]", "benchx.seeds=[0]", "benchx.epochs=1", "benchx.segmentation_epochs=1",
+               "benchx.generation_epochs=1", "benchx.num_candidates=4", "benchx.batch_size=8"]
+
+
+@pytest.mark.parametrize("path", _bench_ids(), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_bench_config_runs(path: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    load_all()
+    from alignkit.core.registry import BENCHES
+    from omegaconf import OmegaConf
+    bench = OmegaConf.load(path).bench
+    per_method = TINY_DATA["cxr"](request) + SINGLE_PROCESS
+    table = BENCHES.get(bench)(path, [f"overrides={per_method!r}".replace("'", '"'), f"out_dir={tmp_path}",
+                                      *TINY_BENCHX])
+    written = json.loads(next(tmp_path.rglob("benchx.json")).read_text())
+    assert table.to_markdown() and written

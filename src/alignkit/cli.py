@@ -6,6 +6,7 @@
     alignkit configs
     alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N]
     alignkit export RUN --out DIR [--ckpt PATH]
+    alignkit bench  NAME -c CONFIG [--set key=value ...]     (e.g. bench xray: BenchX-style comparison)
 """
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from alignkit.core.registry import DEMOS
     out = Path(args.out) if args.out else Path("runs") / f"demo-{args.name}"
     DEMOS.get(args.name)(out=out, fast=args.fast)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from alignkit.core.registry import BENCHES
+    BENCHES.get(args.name)(resolve_config_path(args.config), args.set or [])
     return 0
 
 
@@ -137,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default runs/demo-NAME)")
     sp.add_argument("--fast", action="store_true", help="a shorter run for tests (minutes, not tens of minutes)")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("bench", help="train the configured methods and compare them in one table")
+    sp.add_argument("name", help="xray")
+    with_config(sp)
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("configs", help="list every config in configs/")
     sp.set_defaults(func=cmd_configs)
