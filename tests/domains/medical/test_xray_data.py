@@ -13,6 +13,7 @@ from PIL import Image
 
 from alignkit.core.data import build_decoder, collate_samples
 from alignkit.core.registry import DATASETS, ENCODERS, ConfigError
+from alignkit.domains.medical.xray.synthetic import FINDING_COLUMNS
 from alignkit.core.shards import ShardedIterableDataset, write_shards
 from alignkit.domains.medical.reports import EmptyReportError, split_sentences
 from alignkit.domains.medical.xray.data import XRayReportDataset
@@ -177,3 +178,31 @@ def test_real_nih_pngs_and_siim_dicom(tmp_path: Path):
     with torch.no_grad():
         embedded = tower(torch.stack([nih[0]["image"], nih[1]["image"], sample["image"]]))
     assert embedded.shape == (3, 16) and torch.isfinite(embedded).all()
+
+
+def test_masks_from_the_synthetic_archive_follow_the_labels(cxr_tiny) -> None:
+    from alignkit.domains.medical.xray.data import XRayReportDataset
+    ds = XRayReportDataset(layout="mimic", root=str(cxr_tiny), split="train", image_size=64, masks_csv="masks.csv")
+    assert ds.mask_classes and len(ds.mask_classes) == 6
+    seen_mask = False
+    for i in range(len(ds)):
+        sample = ds[i]
+        masks = sample["masks"]
+        assert masks.shape == (6, 64, 64) and masks.dtype == torch.bool
+        for k, name in enumerate(ds.mask_classes):
+            if masks[k].any():
+                seen_mask = True
+                # a finding with a mask is labelled present (or uncertain, -1) in its CheXpert column
+                assert sample["labels"][ds.class_names.index(FINDING_COLUMNS[name])] != 0.0
+    assert seen_mask
+
+
+def test_masks_csv_errors_name_the_file(tmp_path, cxr_tiny) -> None:
+    import shutil
+    from alignkit.domains.medical.xray.data import XRayReportDataset
+    root = tmp_path / "copy"
+    shutil.copytree(cxr_tiny, root)
+    text = (root / "masks.csv").read_text().replace("mask_path", "maskpath")
+    (root / "masks.csv").write_text(text)
+    with pytest.raises(ConfigError, match="mask_path"):
+        XRayReportDataset(layout="mimic", root=str(root), split="train", image_size=64, masks_csv="masks.csv")

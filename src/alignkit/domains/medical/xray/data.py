@@ -7,16 +7,22 @@ protocol: ``raw(i)`` holds the image file's bytes, the report's training text an
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
 
 from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
 from alignkit.core.encoders import check_choice
-from alignkit.core.registry import DATASETS, ConfigError
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.medical.reports import split_sentences
 from alignkit.domains.medical.xray.io import (CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, CheXpertReader,
                                               GenericCsvReader, MimicCxrJpgReader, NIHChestXray14Reader, Window,
@@ -86,7 +92,24 @@ class XRayReportDecoder:
             sample["text"] = (split_sentences(report) or [report]) if self.text_mode == "sentences" else report
         sample.update(labels=torch.tensor(meta["labels"], dtype=torch.float32), id=meta["id"],
                       group=int(meta["group"]))
+        if "mask_classes" in meta:
+            sample["masks"] = self._masks(raw, len(meta["mask_classes"]), where)
         return sample
+
+    def _masks(self, raw: RawRecord, count: int, where: str) -> Tensor:
+        """``(K, S, S)`` bool: field ``mask{k}.png`` resized (nearest) to the image size; absent = empty mask."""
+        masks = torch.zeros(count, self.image_size, self.image_size, dtype=torch.bool)
+        for k in range(count):
+            data = raw.get(f"mask{k}.png")
+            if data is None:
+                continue
+            try:
+                with Image.open(io.BytesIO(bytes(data))) as img:  # type: ignore[arg-type]
+                    small = img.convert("L").resize((self.image_size, self.image_size), Image.Resampling.NEAREST)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot decode mask {k} of {where}: {exc}") from exc
+            masks[k] = torch.from_numpy(np.asarray(small) > 127)
+        return masks
 
 
 @DATASETS.register("cxr")
@@ -109,6 +132,10 @@ class XRayReportDataset(PairedDataset):
         label_columns: the findings, in order (``class_names``); default the layout's (CheXpert's 14 for
             MIMIC/CheXpert, NIH's 14 + ``No Finding``, none for ``csv``).
 
+    ``masks_csv`` (relative to ``root``; e.g. the synthetic archive's ``masks.csv``): per-image segmentation
+    masks, rows ``dicom_id, finding, mask_path``; samples then carry ``masks`` ``(K, S, S)`` bool in
+    ``mask_classes`` order (default: the CSV's findings, sorted); a class without a row or file is empty.
+
     ``skipped`` lists ``(where, reason)`` of every image ``skip_bad=True`` dropped (from the reader); nothing
     else is dropped silently (``frontal_only`` drops are counted in ``dropped_views``). ``group`` of an item
     is the index of its ``(subject, study)`` among this dataset's sorted studies: the images of one study are
@@ -124,7 +151,8 @@ class XRayReportDataset(PairedDataset):
                  report_rule: str = "any", image_column: str = "path", report_column: Optional[str] = None,
                  report_is_path: bool = False, split_column: Optional[str] = None, view_column: Optional[str] = None,
                  study_column: Optional[str] = None, subject_column: Optional[str] = None,
-                 mean: Union[float, Sequence[float]] = 0.5, std: Union[float, Sequence[float]] = 0.5):
+                 mean: Union[float, Sequence[float]] = 0.5, std: Union[float, Sequence[float]] = 0.5,
+                 masks_csv: Optional[str] = None, mask_classes: Optional[Sequence[str]] = None):
         super().__init__(params=locals())
         check_choice(layout, LAYOUTS, "cxr layout")
         self._decoder = self.decoder(image_size=image_size, window=window, mean=mean, std=std, text_mode=text_mode)
@@ -140,6 +168,35 @@ class XRayReportDataset(PairedDataset):
         studies = sorted({(r.subject_id, r.study_id) for r in self.records})
         index = {s: k for k, s in enumerate(studies)}
         self.groups: List[int] = [index[(r.subject_id, r.study_id)] for r in self.records]
+        self.mask_classes: Optional[List[str]] = None
+        self._mask_paths: Dict[str, Dict[str, Path]] = {}
+        if masks_csv is not None:
+            self._read_masks(Path(root or ".") / masks_csv if not Path(masks_csv).is_absolute() else Path(masks_csv),
+                             mask_classes)
+
+    def _read_masks(self, path: Path, classes: Optional[Sequence[str]]) -> None:
+        """Index ``masks_csv``: rows ``dicom_id, finding, mask_path`` (relative to the CSV's folder; an empty
+        ``mask_path`` or an image without a row means an empty mask for that class)."""
+        if not path.is_file():
+            raise ConfigError(f"cxr masks_csv not found: {path}")
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        header = list(rows[0]) if rows else []
+        for column in ("dicom_id", "finding", "mask_path"):
+            if column not in header:
+                raise ConfigError(f"{path} has no column '{column}'{did_you_mean(column, header)}")
+        found = sorted({r["finding"] for r in rows})
+        self.mask_classes = list(classes) if classes is not None else found
+        for n, row in enumerate(rows, start=1):
+            if row["finding"] not in self.mask_classes:
+                raise ValueError(f"{path} row {n}: finding '{row['finding']}' is not in mask_classes "
+                                 f"{self.mask_classes}")
+            if not row["mask_path"].strip():
+                continue
+            mask = path.parent / row["mask_path"].strip()
+            if not mask.is_file():
+                raise ValueError(f"{path} row {n}: mask file {mask} not found")
+            self._mask_paths.setdefault(row["dicom_id"], {})[row["finding"]] = mask
 
     def _reader(self, layout: str, root: Optional[str], csv: Optional[str], images_dir: Optional[str],
                 reports_root: Optional[str], image_extension: str, split: Optional[str], frontal_only: bool,
@@ -192,8 +249,15 @@ class XRayReportDataset(PairedDataset):
         out: Dict[str, RawValue] = {"dcm" if ext in _DICOM_FIELDS else ext: data}
         if record.report_text is not None:
             out["txt"] = record.report_text
-        out["json"] = json.dumps({"id": record.image_id, "group": self.groups[i], "study": record.study_id,
-                                  "where": record.where, "labels": self.labels(i)})
+        meta = {"id": record.image_id, "group": self.groups[i], "study": record.study_id, "where": record.where,
+                "labels": self.labels(i)}
+        if self.mask_classes is not None:
+            meta["mask_classes"] = self.mask_classes
+            for k, name in enumerate(self.mask_classes):
+                mask = self._mask_paths.get(record.image_id, {}).get(name)
+                if mask is not None:
+                    out[f"mask{k}.png"] = mask.read_bytes()
+        out["json"] = json.dumps(meta)
         return out
 
     @classmethod
