@@ -20,19 +20,25 @@ Subjects differ in thorax size and position, inspiration, soft tissue and exposu
 heart, are noisier and more often carry ECG leads and devices.
 
 Findings (:data:`FINDINGS`, each in 15-35 % of studies, co-occurring through a heart-failure and a
-pneumonia factor), each with a random severity in [0, 1] so that some positives are subtle:
+pneumonia factor), each with a random severity in [0, 1] so that some positives are subtle; beside each,
+the normal look-alikes (decoys) it must be told apart from:
 
-================  ===============================================  ==============================================
-finding           pattern                                          decoys that resemble it
-================  ===============================================  ==============================================
-cardiomegaly      cardiothoracic ratio 0.52-0.68 (normal 0.39-0.49)  AP magnification, low lung volumes
-pleural_effusion  basal fluid with a lateral meniscus, blunted      breast shadows, raised hemidiaphragm,
-                  costophrenic angle, lost hemidiaphragm            basal atelectasis
-pneumothorax      visceral pleural line, no lung markings beyond    skin folds, scapular borders, device lines
-nodule            round opacity, 10-24 mm                           nipple shadows, ECG electrodes, rib crossings
-consolidation     patchy lobar airspace opacity, air bronchograms   soft-tissue haze, plate atelectasis
-edema             bilateral perihilar haze, Kerley B lines          low lung volumes, soft-tissue haze, exposure
-================  ===============================================  ==============================================
+- ``cardiomegaly``: cardiothoracic ratio 0.52-0.68 (normal 0.39-0.49). Decoys: AP magnification of a
+  normal heart (x1.08-1.16), low lung volumes.
+- ``pleural_effusion``: basal fluid with a meniscus rising laterally, blunted costophrenic angle, lost
+  hemidiaphragm outline; one side or both. Decoys: breast shadows, a raised hemidiaphragm, basal atelectasis.
+- ``pneumothorax``: a visceral pleural line with dark pleural air and no lung markings beyond it, apical
+  to lateral. Decoys: skin folds (an edge running past the lung border, markings on both sides), scapular
+  borders, device lines.
+- ``nodule``: a round solid opacity of 12-30 mm in one lung zone. Decoys: nipple shadows (soft-edged, lower
+  zones, often paired), ECG electrodes (rings with wires), end-on vessels and rib crossings.
+- ``consolidation``: patchy lobar airspace opacity, air bronchograms when dense; the middle lobe and lingula
+  efface the heart border. Decoys: overlying soft-tissue haze (smooth, not confined to the lung), plate
+  atelectasis.
+- ``edema``: bilateral perihilar haze, Kerley B lines, blurred and upper-lobe-dominant vessels. Decoys: low
+  lung volumes, soft-tissue haze, under-exposure, prominent hila.
+
+Devices (pacemaker, central line, endotracheal and enteric tubes, sternotomy wires) are drawn and reported.
 
 Reports have the MIMIC preamble (``FINAL REPORT``, ``EXAMINATION:``, ``INDICATION:``, ``TECHNIQUE:``,
 ``COMPARISON:``), then ``FINDINGS:`` and ``IMPRESSION:`` with varied phrasing: positive mentions with
@@ -119,7 +125,7 @@ class FindingState:
     side: str = ""  # "right", "left" or "bilateral" (patient sides)
     place: str = ""  # lobe (consolidation) or "<side> <zone>" (nodule)
     mention: str = "none"
-    radius: float = 0.0  # nodule radius (normalised units; about 360 mm across the image)
+    radius: float = 0.0  # nodule radius (normalised units; about 330 mm across the image)
 
 
 @dataclass
@@ -533,7 +539,8 @@ def _draw_findings(plan: StudyPlan, th: Thorax, g: Grid, hemi: Dict[int, np.ndar
         air = np.clip(lungs[s] - collapsed, 0, 1)
         out.pleural_air = air
         out.markings = 1 - air
-        out.density += 0.22 * np.clip(4 * collapsed * (1 - collapsed), 0, 1) * lungs[s] * _step(end + 0.02 - g.v, 0.02)
+        out.fill = np.maximum(out.fill, 0.2 * st.severity * collapsed)  # the collapsed lung holds less air
+        out.density += 0.3 * np.clip(4 * collapsed * (1 - collapsed), 0, 1) * lungs[s] * _step(end + 0.02 - g.v, 0.02)
         out.masks["pneumothorax"] = air > 0.5
 
     st = fnd["nodule"]
@@ -583,7 +590,7 @@ def _anatomy(plan: StudyPlan, th: Thorax, g: Grid, lung: np.ndarray, layers: Fro
     density = body * (0.85 + 0.3 * sub.fat + 0.15 * (v - 0.5) + 0.12 * _step(xr - 0.85, 0.03 / th.w))
     # lung air, less what the findings filled, plus pleural air
     texture = 1.0 + 0.06 * _smooth_noise(rng, g.size, 4.0 * g.size / 96)
-    density -= 0.72 * lung * (1 - layers.fill) * texture + 0.06 * layers.pleural_air
+    density -= 0.72 * lung * (1 - layers.fill) * texture + 0.12 * layers.pleural_air
     # abdomen below the domes, gastric bubble, trachea, spine
     below = (np.minimum(_step(v - th.dome_curve(u, -1), edge) + (u > th.cx), 1)
              * np.minimum(_step(v - th.dome_curve(u, 1), edge) + (u < th.cx), 1))
@@ -610,7 +617,7 @@ def _anatomy(plan: StudyPlan, th: Thorax, g: Grid, lung: np.ndarray, layers: Fro
         for s in (-1, 1):
             bx, by = th.cx + s * 0.6 * th.w, th.dome(s) + 0.02
             e = np.sqrt(((u - bx) / (0.38 * th.w)) ** 2 + ((v - by) / 0.13) ** 2)
-            density += sub.breast * _step(1 - e, 0.08) * (v > by - 0.13) * body
+            density += sub.breast * _step(1 - e, 0.2) * _step(v - by + 0.1, 0.04) * body
     # lung markings, absent beyond a pneumothorax's pleural line, blurred by edema; parenchymal texture
     canvas = LineCanvas(g.size)
     for s in (-1, 1):
@@ -825,7 +832,8 @@ def _positive_sentences(name: str, st: FindingState, plan: StudyPlan, r: _Report
     """(FINDINGS sentence, IMPRESSION phrase) of a finding the report calls positive."""
     if name == "cardiomegaly":
         g = _grade(st.severity, "cardio")
-        return (r.pick([f"{g.capitalize()} cardiomegaly.", f"{g.capitalize()}ly enlarged cardiac silhouette.", f"There is {g} enlargement of the cardiac silhouette.",
+        return (r.pick([f"{g.capitalize()} cardiomegaly.", f"{g.capitalize()}ly enlarged cardiac silhouette.",
+                        f"There is {g} enlargement of the cardiac silhouette.",
                         f"{g.capitalize()} enlargement of the cardiac silhouette is noted."]),
                 r.pick([f"{g.capitalize()} cardiomegaly.", "Cardiomegaly.", f"{g.capitalize()} cardiomegaly, stable."
                         if plan.subject.age > 60 else "Cardiomegaly."]))
@@ -849,7 +857,7 @@ def _positive_sentences(name: str, st: FindingState, plan: StudyPlan, r: _Report
         side, zone = st.place.split(" ")
         where = r.pick([f"{side} {zone} lung", f"{side} {zone} zone"]) if zone != "lower" else \
             r.pick([f"{side} lung base", f"{side} lower lung"])
-        mm = int(round(2 * st.radius * 360))
+        mm = int(round(2 * st.radius * 330))  # the image spans about 330 mm
         f = r.pick([f"{mm} mm nodule in the {where}.", f"There is a {mm} mm nodular opacity in the {where}.",
                     f"A {mm} mm pulmonary nodule projects over the {where}.",
                     f"Rounded {mm} mm nodule in the {where}."])
@@ -927,19 +935,15 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
             r.add("findings", r.pick(DEVICE_SENTENCES[device]), ("Support Devices", POSITIVE))
     if plan.low_volumes:
         r.add("findings", r.pick(["Lung volumes are low.", "Low lung volumes accentuate the bronchovascular markings."]))
-    order = [n for n in ("consolidation", "edema", "nodule", "pleural_effusion", "pneumothorax", "cardiomegaly")]
-    positives = []
+    positives: List[Tuple[str, str]] = []
     negated: List[str] = []
-    for name in order:
+    for name in ("consolidation", "edema", "nodule", "pleural_effusion", "pneumothorax", "cardiomegaly"):
         st = fnd[name]
         col = FINDING_COLUMNS[name]
         if st.mention == "positive":
             f, imp = _positive_sentences(name, st, plan, r)
             r.add("findings", f, (col, POSITIVE))
             positives.append((imp, col))
-            if name == "consolidation" and rng.random() < 0.5:
-                r.add("impression", r.pick(["Findings concerning for pneumonia.", "Pneumonia is possible."]),
-                      ("Pneumonia", UNCERTAIN))
         elif st.mention == "uncertain":
             s = r.pick(UNCERTAIN_SENTENCES[name]).format(side=st.side if st.side != "bilateral" else "right",
                                                          place=st.place or "right lower lobe")
@@ -975,8 +979,7 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
                                                             "unremarkable."]))
     if plan.atelectasis:
         where = "bibasilar" if plan.atelectasis == "bibasilar" else f"{plan.atelectasis} basilar"
-        r.add("findings", r.pick([f"Mild {where} atelectasis.", f"Linear opacities at the bases likely reflect "
-                                  f"{where} atelectasis." if plan.atelectasis == "bibasilar" else f"Mild {where} atelectasis."]),
+        r.add("findings", r.pick([f"Mild {where} atelectasis.", f"Linear opacities likely reflect {where} atelectasis."]),
               ("Atelectasis", POSITIVE))
     if "nipples" in plan.decoys and fnd["nodule"].mention == "none" and rng.random() < 0.3:
         r.add("findings", "Bilateral nipple shadows are noted." if plan.decoys["nipples"] == "bilateral"
@@ -989,6 +992,9 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
     for imp, col in positives:
         if rng.random() < 0.85:
             r.add("impression", imp, (col, POSITIVE))
+    if fnd["consolidation"].mention == "positive" and rng.random() < 0.5:
+        r.add("impression", r.pick(["Findings concerning for pneumonia.", "Pneumonia is possible."]),
+              ("Pneumonia", UNCERTAIN))
     acute = any(fnd[n].mention == "positive" for n in FINDINGS if n != "nodule")
     if not acute and not any(fnd[n].mention == "uncertain" for n in FINDINGS) and (
             not positives or rng.random() < 0.3):
@@ -1001,27 +1007,32 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
 
 def _chexpert(mentions: Sequence[Tuple[str, float]]) -> Dict[str, float]:
     """Aggregate mentions per column: positive over uncertain over negative; ``No Finding`` as documented."""
+    rank = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
     labels: Dict[str, float] = {}
     for col, value in mentions:
-        old = labels.get(col)
-        rank = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
-        if old is None or rank[value] > rank[old]:
+        if col not in labels or rank[value] > rank[labels[col]]:
             labels[col] = value
     if not any(v in (POSITIVE, UNCERTAIN) for c, v in labels.items() if c != "Support Devices"):
         labels["No Finding"] = POSITIVE
     return labels
 
 
-INDICATIONS = ("___-year-old {sex} with shortness of breath.", "___ year old {sex} with cough and fever, evaluate for "
-               "pneumonia.", "___M/F with chest pain.".replace("M/F", "{mf}"), "Dyspnea.", "History: ___{mf} with "
-               "hypoxia.", "Evaluate for interval change.", "___-year-old {sex} with fall, evaluate for acute process.",
-               "Preoperative chest radiograph.", "___{mf} with tachypnea and leg swelling.")
+INDICATIONS = ("___-year-old {sex} with shortness of breath.",
+               "___ year old {sex} with cough and fever, evaluate for pneumonia.", "___{mf} with chest pain.",
+               "Dyspnea.", "History: ___{mf} with hypoxia.", "Evaluate for interval change.",
+               "___-year-old {sex} with fall, evaluate for acute process.", "Preoperative chest radiograph.",
+               "___{mf} with tachypnea and leg swelling.")
+EXAMINATIONS = {"PA": "CHEST (PA)", "AP": "CHEST (PORTABLE AP)", "PA+LATERAL": "CHEST (PA AND LAT)"}
+
+
+def _examination(plan: StudyPlan) -> str:
+    return EXAMINATIONS["PA+LATERAL" if plan.has_lateral else plan.view]
 
 
 def _format_report(plan: StudyPlan, r: _Report, rng: np.random.Generator) -> str:
     """MIMIC-style text: banner, preamble, FINDINGS and IMPRESSION wrapped at 78 columns."""
     sex, mf = ("woman", "F") if plan.subject.female else ("man", "M")
-    exam = "CHEST (PA AND LAT)" if plan.has_lateral else "CHEST (PORTABLE AP)" if plan.view == "AP" else "CHEST (PA)"
+    exam = _examination(plan)
     indication = str(rng.choice(INDICATIONS)).format(sex=sex, mf=mf)
     comparison = str(rng.choice(["___.", "None.", "Chest radiograph from ___."]))
 
@@ -1030,7 +1041,7 @@ def _format_report(plan: StudyPlan, r: _Report, rng: np.random.Generator) -> str
 
     if plan.report_form == "unsectioned":
         return ("                                 FINAL REPORT\n" + para(
-            [f"{exam.title()} performed on ___ for {indication[0].lower() + indication[1:]}"] + r.findings
+            [f"{'Portable AP' if plan.view == 'AP' else 'PA'} chest radiograph performed on ___."] + r.findings
             + r.impression) + "\n")
     parts = ["                                 FINAL REPORT", f" EXAMINATION:  {exam}", "",
              f" INDICATION:  {indication}", ""]
@@ -1079,7 +1090,7 @@ def write_synthetic_mimic(root: str | Path, num_studies: int, image_size: int = 
         report, labels = write_report(plan, np.random.default_rng([seed, int(plan.study_id), 7]))
         (study_dir.parent / f"s{plan.study_id}.txt").write_text(report)
         chexpert_rows.append([sub.subject_id, plan.study_id] + [_label_cell(labels.get(c)) for c in CHEXPERT_LABELS])
-        exam = "CHEST (PA AND LAT)" if plan.has_lateral else "CHEST (PORTABLE AP)" if plan.view == "AP" else "CHEST (PA)"
+        exam = _examination(plan)
         for dicom_id, pixels, view in images:
             Image.fromarray(pixels, mode="L").save(study_dir / f"{dicom_id}.jpg", quality=jpeg_quality)
             split_rows.append([dicom_id, plan.study_id, sub.subject_id, sub.split])
