@@ -362,12 +362,17 @@ class LinearProbeResult:
     test_scores: Tensor  # (N_test, C) logits
 
 
+def masked_bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean binary cross-entropy over the entries of ``(B, C)`` targets that are not -1 (0 if none)."""
+    keep = targets >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[keep], targets[keep].float())
+
+
 def _probe_loss(logits: Tensor, y: Tensor, multilabel: bool) -> Tensor:
-    """Mean cross-entropy (labels (N,)) or mean BCE over entries with target != -1 (labels (N, C))."""
-    if not multilabel:
-        return F.cross_entropy(logits, y)
-    keep = y >= 0
-    return F.binary_cross_entropy_with_logits(logits[keep], y[keep].float())
+    """Mean cross-entropy (labels (N,)) or :func:`masked_bce_with_logits` (labels (N, C), -1 ignored)."""
+    return masked_bce_with_logits(logits, y) if multilabel else F.cross_entropy(logits, y)
 
 
 def _fit_logistic(x: Tensor, y: Tensor, num_outputs: int, multilabel: bool, weight_decay: float,
@@ -786,7 +791,8 @@ class EmbeddingExportEvaluator:
 
 
 __all__ = [
-    "EmbeddingExportEvaluator", "retrieval_ranks", "rank_metrics", "retrieval_metrics", "recall_curve_from_ranks", "recall_at_k_curve",
+    "EmbeddingExportEvaluator", "masked_bce_with_logits", "retrieval_ranks", "rank_metrics", "retrieval_metrics",
+    "recall_curve_from_ranks", "recall_at_k_curve",
     "candidate_blocks", "bidirectional_ranks", "bidirectional_retrieval", "class_embeddings", "zero_shot_predict",
     "topk_accuracy", "confusion_matrix", "per_class_accuracy", "roc_curve", "binary_auroc", "multilabel_auroc",
     "ThresholdF1", "f1_at_optimal_threshold", "classification_metrics", "LinearProbeResult", "linear_probe",

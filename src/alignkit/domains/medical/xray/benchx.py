@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from alignkit.core import plots
 from alignkit.core.data import collate_samples
 from alignkit.core.encoders import FrozenTower
-from alignkit.core.evaluate import (group_ids, bidirectional_retrieval, class_embeddings, embed_loader,
-                                    f1_at_optimal_threshold, multilabel_auroc)
+from alignkit.core.evaluate import (bidirectional_retrieval, class_embeddings, embed_loader, f1_at_optimal_threshold,
+                                    group_ids, masked_bce_with_logits, multilabel_auroc)
 
 Split = Union[Dataset, DataLoader]
 Summary = Dict[str, Tuple[float, float]]
@@ -142,14 +142,6 @@ def label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
 
 
 # =========================================================================== classification
-def masked_bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean binary cross-entropy over the entries of ``(B, C)`` targets that are not -1 (0 if none)."""
-    keep = targets >= 0
-    if not keep.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[keep], targets[keep].float())
-
-
 def f1_at_thresholds(scores: Tensor, targets: Tensor, thresholds: Tensor) -> Tensor:
     """``(C,)`` F1 = 2 TP / (2 TP + FP + FN) of predicting ``score >= thresholds[c]``, targets -1 ignored.
 
