@@ -175,9 +175,10 @@ def test_masks_exactly_for_present_findings(archive: Path) -> None:
             mask = np.asarray(Image.open(archive / r["mask_path"]))
             assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) == {0, 255}
             assert (mask > 0).sum() == int(r["pixels"]) > 0
+            assert 0 <= float(r["severity"]) <= 1
             assert label in ("1.0", "-1.0")  # a drawn finding is reported, as positive or (when subtle) uncertain
         else:
-            assert r["mask_path"] == "" and r["pixels"] == "0"
+            assert r["mask_path"] == r["severity"] == "" and r["pixels"] == "0"
             assert not (archive / "masks" / f"{r['dicom_id']}_{r['finding']}.png").exists()
             assert label != "1.0"
     assert min(present_count.values()) >= 8

@@ -9,7 +9,9 @@
       mimic-cxr-2.0.0-split.csv       dicom_id, study_id, subject_id, split (train / validate / test, by subject)
       mimic-cxr-2.0.0-metadata.csv    dicom_id, subject_id, study_id, ViewPosition (PA / AP / LATERAL), Rows, ...
       masks/{dicom_id}_{finding}.png  uint8 0/255 mask of each finding present on a frontal image
-      masks.csv                       dicom_id, subject_id, study_id, finding, present, pixels, severity, mask_path
+      masks.csv                       one row per frontal image and finding: dicom_id, subject_id, study_id,
+                                      finding, present (0/1: drawn), pixels (mask area), severity (0..1, blank
+                                      if absent), mask_path (relative to root; blank for an empty mask)
 
 Images. Every study has one frontal image (PA or portable AP) and, with ``lateral_fraction``, a lateral
 one. Frontal images are drawn as densities (bright = dense): a body outline, two lung fields (dark) with
@@ -30,7 +32,7 @@ the normal look-alikes (decoys) it must be told apart from:
 - ``pneumothorax``: a visceral pleural line with dark pleural air and no lung markings beyond it, apical
   to lateral. Decoys: skin folds (an edge running past the lung border, markings on both sides), scapular
   borders, device lines.
-- ``nodule``: a round solid opacity of 12-30 mm in one lung zone. Decoys: nipple shadows (soft-edged, lower
+- ``nodule``: a round solid opacity of 13-32 mm in one lung zone. Decoys: nipple shadows (soft-edged, lower
   zones, often paired), ECG electrodes (rings with wires), end-on vessels and rib crossings.
 - ``consolidation``: patchy lobar airspace opacity, air bronchograms when dense; the middle lobe and lingula
   efface the heart border. Decoys: overlying soft-tissue haze (smooth, not confined to the lung), plate
@@ -84,14 +86,20 @@ FINDING_COLUMNS: Dict[str, str] = {
     "nodule": "Lung Lesion", "consolidation": "Consolidation", "edema": "Edema"}
 """The CheXpert column that labels each finding."""
 
+SIDES = {"right": -1, "left": 1}  # patient side -> image side (-1: image left, PA display convention)
+LOBES: Dict[str, Tuple[int, float, float]] = {  # lobe -> (image side, height t in the lung, lateral fraction)
+    "right upper lobe": (-1, 0.22, 0.55), "right middle lobe": (-1, 0.64, 0.28), "right lower lobe": (-1, 0.8, 0.6),
+    "left upper lobe": (1, 0.3, 0.55), "lingula": (1, 0.62, 0.3), "left lower lobe": (1, 0.82, 0.62)}
+ZONES: Dict[str, Tuple[float, float]] = {"upper": (0.12, 0.36), "mid": (0.38, 0.6), "lower": (0.62, 0.86)}
+
 FINDING_PROMPTS: Dict[str, Tuple[str, ...]] = {
     "cardiomegaly": ("Cardiomegaly.", "Moderate cardiomegaly.", "Enlargement of the cardiac silhouette."),
     "pleural_effusion": ("Small right pleural effusion.", "Small left pleural effusion.",
                          "Moderate bilateral pleural effusions."),
     "pneumothorax": ("Small right pneumothorax.", "Small left pneumothorax.", "Right apical pneumothorax."),
-    "nodule": ("Nodule in the right upper lung.", "Nodule in the left mid lung.", "Pulmonary nodule in the right lung base."),
-    "consolidation": ("Consolidation in the right lower lobe.", "Consolidation in the left lower lobe.",
-                      "Consolidation in the right upper lobe.", "Consolidation in the left upper lobe."),
+    "nodule": ("Nodule in the right upper lung.", "Nodule in the left upper lung.", "Nodule in the right mid lung.",
+               "Nodule in the left mid lung.", "Nodule in the right lung base.", "Nodule in the left lung base."),
+    "consolidation": tuple(f"Consolidation in the {lobe}." for lobe in LOBES),
     "edema": ("Pulmonary edema.", "Moderate pulmonary edema.", "Mild interstitial edema with Kerley B lines.")}
 """Positive zero-shot prompts per finding (an ensemble), each scored against :data:`NORMAL_PROMPTS`."""
 
@@ -104,11 +112,6 @@ METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "PerformedProcedureSte
 MASK_COLUMNS = ("dicom_id", "subject_id", "study_id", "finding", "present", "pixels", "severity", "mask_path")
 
 POSITIVE, UNCERTAIN, NEGATIVE = 1.0, -1.0, 0.0
-SIDES = {"right": -1, "left": 1}  # patient side -> image side (-1: image left, PA display convention)
-LOBES: Dict[str, Tuple[int, float, float]] = {  # lobe -> (image side, height t in the lung, lateral fraction)
-    "right upper lobe": (-1, 0.22, 0.55), "right middle lobe": (-1, 0.64, 0.28), "right lower lobe": (-1, 0.8, 0.6),
-    "left upper lobe": (1, 0.3, 0.55), "lingula": (1, 0.62, 0.3), "left lower lobe": (1, 0.82, 0.62)}
-ZONES: Dict[str, Tuple[float, float]] = {"upper": (0.12, 0.36), "mid": (0.38, 0.6), "lower": (0.62, 0.86)}
 LINE_SUPERSAMPLE = 4  # thin structures are drawn on a 4x canvas and box-averaged down (anti-aliasing)
 
 
@@ -125,7 +128,7 @@ class FindingState:
     side: str = ""  # "right", "left" or "bilateral" (patient sides)
     place: str = ""  # lobe (consolidation) or "<side> <zone>" (nodule)
     mention: str = "none"
-    radius: float = 0.0  # nodule radius (normalised units; about 330 mm across the image)
+    radius: float = 0.0  # nodule radius (normalised units; about 300 mm across the image)
 
 
 @dataclass
@@ -216,7 +219,7 @@ def sample_study(rng: np.random.Generator, subject: Subject, study_id: str, late
         elif name == "nodule":
             state.side = _side(rng, 0.0)
             state.place = f"{state.side} {rng.choice(list(ZONES))}"
-            state.radius = (0.02 + 0.022 * state.severity) * float(rng.uniform(0.9, 1.1))
+            state.radius = (0.024 + 0.024 * state.severity) * float(rng.uniform(0.9, 1.1))
         elif name == "consolidation":
             state.place = str(rng.choice(list(LOBES)))
             state.side = "right" if state.place.startswith("right") else "left"
@@ -549,7 +552,7 @@ def _draw_findings(plan: StudyPlan, th: Thorax, g: Grid, hemi: Dict[int, np.ndar
         side, zone = st.place.split(" ")
         x0, y0 = th.point(SIDES[side], rng.uniform(*ZONES[zone]), rng.uniform(0.3, 0.85))
         blob = g.disc(x0, y0, st.radius)
-        out.density += (0.34 + 0.2 * st.severity) * blob * (1 + 0.1 * _smooth_noise(rng, g.size, 1.0))
+        out.density += (0.38 + 0.2 * st.severity) * blob * (1 + 0.1 * _smooth_noise(rng, g.size, 1.0))
         out.masks["nodule"] = blob > 0.5
     return out
 
@@ -662,11 +665,12 @@ def _draw_decoys(plan: StudyPlan, th: Thorax, g: Grid, lung: np.ndarray, body: n
         x0, y0 = th.point(SIDES[decoys["haze"]], rng.uniform(0.2, 0.85), rng.uniform(0.2, 0.9))
         sig = rng.uniform(0.06, 0.13)
         density += rng.uniform(0.08, 0.2) * g.gaussian(x0, y0, sig * math.sqrt(2), sig * math.sqrt(2)) * body
-    if "scapula" in decoys:
+    if "scapula" in decoys:  # medial scapular borders over the upper lungs (AP)
+        rng = _component_rng(plan, "scapula")
         for s in (-1, 1):
-            border = th.cx + s * th.w * (0.78 - 0.25 * np.clip((v - th.apex) / 0.35, 0, 1))
-            density += 0.09 * (_step(s * (u - border), 1.5 * g.edge) * _step(th.apex + 0.38 - v, 0.03)
-                               * _step(v - th.apex + 0.05, 0.02))
+            border = th.cx + s * th.w * (rng.uniform(0.72, 0.84) - 0.25 * np.clip((v - th.apex) / 0.35, 0, 1))
+            density += rng.uniform(0.07, 0.11) * (_step(s * (u - border), 1.5 * g.edge)
+                                                  * _step(th.apex + 0.38 - v, 0.03) * _step(v - th.apex + 0.05, 0.02))
     if plan.atelectasis:
         rng = _component_rng(plan, "atelectasis")
         canvas = LineCanvas(g.size)
@@ -786,7 +790,8 @@ def render_lateral(plan: StudyPlan, size: int) -> np.ndarray:
         level = dome + 0.05 - (0.03 + 0.15 * eff.severity) * np.clip((u - cx) / depth + 0.6, 0, 1.6)
         fluid = _step(v - level, 0.01)
     density -= 0.7 * lung * (1 - heart) * (1 - fluid)
-    density += 0.22 * _step(0.035 - np.abs(u - (cx + depth * 0.72)), g.edge) * (1 + 0.3 * np.cos(2 * math.pi * v / 0.055))
+    spine = _step(0.035 - np.abs(u - (cx + depth * 0.72)), g.edge)
+    density += 0.22 * spine * (1 + 0.3 * np.cos(2 * math.pi * v / 0.055))
     density += 0.15 * _step(0.012 - np.abs(u - (cx - depth * 0.95)), g.edge) * (v > apex)  # sternum
     density += 0.05 * _smooth_noise(rng, size, 1.5) * lung
     image = np.clip((density - rng.uniform(-0.05, 0.15)) / rng.uniform(1.1, 1.5), 0, 1)
@@ -857,9 +862,10 @@ def _positive_sentences(name: str, st: FindingState, plan: StudyPlan, r: _Report
         side, zone = st.place.split(" ")
         where = r.pick([f"{side} {zone} lung", f"{side} {zone} zone"]) if zone != "lower" else \
             r.pick([f"{side} lung base", f"{side} lower lung"])
-        mm = int(round(2 * st.radius * 330))  # the image spans about 330 mm
-        f = r.pick([f"{mm} mm nodule in the {where}.", f"There is a {mm} mm nodular opacity in the {where}.",
-                    f"A {mm} mm pulmonary nodule projects over the {where}.",
+        mm = int(round(2 * st.radius * 300))  # the image spans about 300 mm
+        an = "an" if str(mm).startswith(("8", "11", "18")) else "a"
+        f = r.pick([f"{mm} mm nodule in the {where}.", f"There is {an} {mm} mm nodular opacity in the {where}.",
+                    f"{an.capitalize()} {mm} mm pulmonary nodule projects over the {where}.",
                     f"Rounded {mm} mm nodule in the {where}."])
         return f, r.pick([f"{mm} mm {where} nodule; recommend chest CT for further evaluation.",
                           f"{side.capitalize()} {zone} lung nodule.", f"Pulmonary nodule in the {where}."])
@@ -882,12 +888,14 @@ def _positive_sentences(name: str, st: FindingState, plan: StudyPlan, r: _Report
 UNCERTAIN_SENTENCES = {
     "cardiomegaly": ("Possible mild cardiomegaly.", "Mild cardiomegaly cannot be excluded on this view.",
                      "The cardiac silhouette may be mildly enlarged, possible cardiomegaly."),
-    "pleural_effusion": ("Possible small {side} pleural effusion.", "A small {side} pleural effusion cannot be excluded.",
+    "pleural_effusion": ("Possible small {side} pleural effusion.",
+                         "A small {side} pleural effusion cannot be excluded.",
                          "Questionable trace {side} pleural effusion."),
     "pneumothorax": ("Possible tiny {side} apical pneumothorax.", "A small {side} pneumothorax cannot be excluded.",
                      "Questionable {side} apical pneumothorax; repeat imaging may help."),
     "nodule": ("Possible nodule in the {side} lower lung, which may represent a nipple shadow.",
-               "A nodular opacity in the {side} lung cannot be excluded.", "Questionable small nodule in the {side} lung."),
+               "A nodular opacity in the {side} lung cannot be excluded.",
+               "Questionable small nodule in the {side} lung."),
     "consolidation": ("Possible early consolidation in the {place}.",
                       "Subtle opacity in the {place} may reflect consolidation.",
                       "Consolidation in the {place} cannot be excluded."),
@@ -934,7 +942,8 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
         else:
             r.add("findings", r.pick(DEVICE_SENTENCES[device]), ("Support Devices", POSITIVE))
     if plan.low_volumes:
-        r.add("findings", r.pick(["Lung volumes are low.", "Low lung volumes accentuate the bronchovascular markings."]))
+        r.add("findings", r.pick(["Lung volumes are low.",
+                                  "Low lung volumes accentuate the bronchovascular markings."]))
     positives: List[Tuple[str, str]] = []
     negated: List[str] = []
     for name in ("consolidation", "edema", "nodule", "pleural_effusion", "pneumothorax", "cardiomegaly"):
@@ -979,7 +988,8 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
                                                             "unremarkable."]))
     if plan.atelectasis:
         where = "bibasilar" if plan.atelectasis == "bibasilar" else f"{plan.atelectasis} basilar"
-        r.add("findings", r.pick([f"Mild {where} atelectasis.", f"Linear opacities likely reflect {where} atelectasis."]),
+        r.add("findings", r.pick([f"Mild {where} atelectasis.",
+                                  f"Linear opacities likely reflect {where} atelectasis."]),
               ("Atelectasis", POSITIVE))
     if "nipples" in plan.decoys and fnd["nodule"].mention == "none" and rng.random() < 0.3:
         r.add("findings", "Bilateral nipple shadows are noted." if plan.decoys["nipples"] == "bilateral"
@@ -989,8 +999,8 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
     if rng.random() < 0.4:
         r.add("findings", r.pick(["No acute osseous abnormality.", "The osseous structures are intact."]))
     # impression
-    for imp, col in positives:
-        if rng.random() < 0.85:
+    for imp, col in positives:  # restated, unless the findings go under IMPRESSION themselves
+        if plan.report_form != "impression_only" and rng.random() < 0.85:
             r.add("impression", imp, (col, POSITIVE))
     if fnd["consolidation"].mention == "positive" and rng.random() < 0.5:
         r.add("impression", r.pick(["Findings concerning for pneumonia.", "Pneumonia is possible."]),
@@ -999,7 +1009,7 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> Tuple[str, Dict[s
     if not acute and not any(fnd[n].mention == "uncertain" for n in FINDINGS) and (
             not positives or rng.random() < 0.3):
         r.add("impression", r.pick(NORMAL_IMPRESSIONS))
-    if not r.impression:
+    if not r.impression and not (plan.report_form == "impression_only" and r.findings):
         r.add("impression", r.pick(["As above.", "See findings."]) if r.findings else r.pick(NORMAL_IMPRESSIONS))
     labels = _chexpert(r.mentions)
     return _format_report(plan, r, rng), labels
@@ -1100,14 +1110,12 @@ def write_synthetic_mimic(root: str | Path, num_studies: int, image_size: int = 
         dicom_id = plan.dicom_ids[0]
         for name in FINDINGS:
             st = plan.findings[name]
-            mask = masks.get(name)
-            path = ""
-            if mask is not None and mask.any():
-                path = f"masks/{dicom_id}_{name}.png"
-                Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(root / path)
-            mask_rows.append([dicom_id, sub.subject_id, plan.study_id, name, int(bool(path)),
-                              int(mask.sum()) if mask is not None else 0, f"{st.severity:.3f}" if st.present else "",
-                              path])
+            pixels = int(masks[name].sum()) if name in masks else 0
+            path = f"masks/{dicom_id}_{name}.png" if pixels else ""
+            if pixels:
+                Image.fromarray(masks[name].astype(np.uint8) * 255, mode="L").save(root / path)
+            mask_rows.append([dicom_id, sub.subject_id, plan.study_id, name, int(st.present), pixels,
+                              f"{st.severity:.3f}" if st.present else "", path])
     _write_csv(root / "mimic-cxr-2.0.0-chexpert.csv", ("subject_id", "study_id") + CHEXPERT_LABELS, chexpert_rows)
     _write_csv(root / "mimic-cxr-2.0.0-split.csv", ("dicom_id", "study_id", "subject_id", "split"), split_rows)
     _write_csv(root / "mimic-cxr-2.0.0-metadata.csv", METADATA_COLUMNS, meta_rows)
