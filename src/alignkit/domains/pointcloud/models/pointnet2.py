@@ -1,0 +1,192 @@
+"""PointNet building blocks and PointNet++ single-scale grouping (SSG), Qi et al. 2017.
+
+Every point encoder here takes ``points`` (B, N, 3 + in_features): xyz first, then optional
+per-point features (normals, colours). It computes a :class:`PointFeatures` once and offers the
+tower interface on top: ``forward -> (B, output_dim)``, ``forward_tokens -> (B, M, token_dim)``,
+``forward_dense -> (B, N, dense_dim)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from alignkit.core.registry import ENCODERS, ConfigError
+from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
+
+
+@dataclass
+class PointFeatures:
+    """Outputs of a point encoder for a batch of B clouds of N points.
+
+    ``embedding`` (B, output_dim) global; ``tokens`` (B, M, token_dim) local features (PointNet++:
+    the last set-abstraction level; Point-BERT: patch tokens) located at ``token_xyz`` (B, M, 3);
+    ``dense`` (B, N, dense_dim) per-point features, or None when not requested.
+    """
+
+    embedding: Tensor
+    tokens: Tensor
+    token_xyz: Tensor
+    dense: Optional[Tensor] = None
+
+
+class PointwiseMLP(nn.Sequential):
+    """Shared MLP over the last dim, (..., in_dim) -> (..., dims[-1]).
+
+    Each layer is Linear (no bias) - BatchNorm - ReLU; with ``last_linear`` the last layer is a
+    plain Linear with bias (a 1x1 conv in the PointNet papers).
+    """
+
+    def __init__(self, in_dim: int, dims: Sequence[int], last_linear: bool = False):
+        layers: List[nn.Module] = []
+        for i, width in enumerate(dims):
+            if last_linear and i == len(dims) - 1:
+                layers.append(nn.Linear(in_dim, int(width)))
+            else:
+                layers += [nn.Linear(in_dim, int(width), bias=False), nn.BatchNorm1d(int(width)), nn.ReLU(inplace=True)]
+            in_dim = int(width)
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_dim)
+
+
+class PointEncoder(nn.Module):
+    """Base of the point towers: subclasses set the dims and implement :meth:`features`."""
+
+    in_features: int
+    output_dim: int
+    token_dim: int
+    dense_dim: int
+
+    def split(self, points: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(B, N, 3 + in_features) -> xyz (B, N, 3) and features (B, N, in_features) or None."""
+        if points.dim() != 3 or points.shape[-1] != 3 + self.in_features:
+            raise ValueError(f"{type(self).__name__} (in_features={self.in_features}) expects points of shape "
+                             f"(B, N, {3 + self.in_features}) (xyz first); got {tuple(points.shape)}: "
+                             f"set in_features to the number of per-point feature columns")
+        return points[..., :3], (points[..., 3:] if self.in_features else None)
+
+    def features(self, points: Tensor, dense: bool = False) -> PointFeatures:
+        raise NotImplementedError
+
+    def forward(self, points: Tensor) -> Tensor:
+        return self.features(points).embedding
+
+    def forward_tokens(self, points: Tensor) -> Tensor:
+        return self.features(points).tokens
+
+    def forward_dense(self, points: Tensor) -> Tensor:
+        return self.features(points, dense=True).dense
+
+
+def with_features(xyz: Tensor, feats: Optional[Tensor]) -> Tensor:
+    """[xyz, feats] along the last dim (xyz alone when feats is None)."""
+    return xyz if feats is None else torch.cat([xyz, feats], dim=-1)
+
+
+class SetAbstraction(nn.Module):
+    """One PointNet++ SSG level.
+
+    ``npoint`` centres c by FPS; for each, ``nsample`` neighbours p by ball query (``radius``);
+    ``f_c = max_p MLP([(p - c) / radius, f_p])``. With ``npoint=None`` the level groups all points
+    around the origin: ``f = max_p MLP([p, f_p])`` and the centre is (0, 0, 0).
+    """
+
+    def __init__(self, npoint: Optional[int], radius: float, nsample: int, in_channels: int, mlp: Sequence[int]):
+        super().__init__()
+        self.npoint, self.radius, self.nsample = npoint, radius, nsample
+        self.mlp = PointwiseMLP(3 + in_channels, mlp)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, xyz: Tensor, feats: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """xyz (B, N, 3), feats (B, N, C) or None -> centres (B, M, 3), features (B, M, out_dim)."""
+        if self.npoint is None:
+            centres = xyz.new_zeros(xyz.shape[0], 1, 3)
+            grouped = with_features(xyz, feats).unsqueeze(1)
+        else:
+            centres = gather_points(xyz, farthest_point_sample(xyz, self.npoint))
+            idx = ball_query(centres, xyz, self.radius, self.nsample)
+            rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.radius
+            grouped = with_features(rel, None if feats is None else group(feats, idx))
+        return centres, self.mlp(grouped).max(dim=2).values
+
+
+class FeaturePropagation(nn.Module):
+    """PointNet++ feature propagation: ``f_q = MLP([interp(known -> q), skip_q])`` (inverse-distance, 3-NN)."""
+
+    def __init__(self, known_channels: int, skip_channels: int, mlp: Sequence[int]):
+        super().__init__()
+        self.mlp = PointwiseMLP(known_channels + skip_channels, mlp)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, query_xyz: Tensor, skip: Tensor, known_xyz: Tensor, known_feat: Tensor) -> Tensor:
+        """query_xyz (B, N, 3), skip (B, N, Cs), known_xyz (B, M, 3), known_feat (B, M, Ck) -> (B, N, out_dim)."""
+        return self.mlp(torch.cat([three_interpolate(known_xyz, known_feat, query_xyz), skip], dim=-1))
+
+
+@ENCODERS.register("pointnet2-ssg")
+class PointNet2SSG(PointEncoder):
+    """PointNet++ with single-scale grouping.
+
+    Levels ``i = 1..L`` are :class:`SetAbstraction` (``npoints[i]``, ``radii[i]``, ``nsamples[i]``,
+    ``mlps[i]``) followed by a group-all level (``global_mlp``): ``output_dim = global_mlp[-1]``.
+    ``forward_tokens`` returns level L, ``(B, npoints[-1], mlps[-1][-1])``. ``forward_dense`` runs
+    ``L + 1`` :class:`FeaturePropagation` layers (``fp_mlps``) from the global level back to the input
+    points, whose skip features are ``[xyz, input features]``: ``dense_dim = fp_mlps[-1][-1]``.
+
+    Defaults are a CPU demo size (~0.2M parameters, radii for clouds in the unit sphere). The paper's
+    classification/ULIP size is ``npoints=(512, 128), radii=(0.2, 0.4), nsamples=(32, 64),
+    mlps=((64, 64, 128), (128, 128, 256)), global_mlp=(256, 512, 1024)``, with
+    ``fp_mlps=((256, 256), (256, 128), (128, 128, 128))`` for segmentation.
+    """
+
+    def __init__(self, in_features: int = 0, npoints: Sequence[int] = (64, 16), radii: Sequence[float] = (0.2, 0.4),
+                 nsamples: Sequence[int] = (32, 16), mlps: Sequence[Sequence[int]] = ((32, 32, 64), (64, 64, 128)),
+                 global_mlp: Sequence[int] = (128, 256),
+                 fp_mlps: Sequence[Sequence[int]] = ((128, 128), (128, 128), (128, 128))):
+        super().__init__()
+        if not len(npoints) == len(radii) == len(nsamples) == len(mlps) >= 1:
+            raise ConfigError(f"pointnet2-ssg needs npoints, radii, nsamples and mlps of one equal length >= 1; got "
+                              f"{len(npoints)}, {len(radii)}, {len(nsamples)}, {len(mlps)}")
+        if len(fp_mlps) != len(npoints) + 1:
+            raise ConfigError(f"pointnet2-ssg needs one fp_mlps entry per set-abstraction level plus one "
+                              f"({len(npoints) + 1}); got {len(fp_mlps)}")
+        self.in_features = in_features
+        self.levels = nn.ModuleList()
+        skip_dims = [3 + in_features]
+        channels = in_features
+        for npoint, radius, nsample, mlp in zip(npoints, radii, nsamples, mlps):
+            self.levels.append(SetAbstraction(int(npoint), float(radius), int(nsample), channels, mlp))
+            channels = self.levels[-1].out_dim
+            skip_dims.append(channels)
+        self.levels.append(SetAbstraction(None, 1.0, 1, channels, global_mlp))
+        self.propagations = nn.ModuleList()
+        channels = self.levels[-1].out_dim
+        for skip, mlp in zip(reversed(skip_dims), fp_mlps):
+            self.propagations.append(FeaturePropagation(channels, skip, mlp))
+            channels = self.propagations[-1].out_dim
+        self.output_dim = self.levels[-1].out_dim
+        self.token_dim = skip_dims[-1]
+        self.dense_dim = channels
+
+    def features(self, points: Tensor, dense: bool = False) -> PointFeatures:
+        xyz, feats = self.split(points)
+        centres: List[Tensor] = [xyz]
+        level_feats: List[Optional[Tensor]] = [feats]
+        for level in self.levels:
+            c, f = level(centres[-1], level_feats[-1])
+            centres.append(c)
+            level_feats.append(f)
+        out = PointFeatures(embedding=level_feats[-1][:, 0], tokens=level_feats[-2], token_xyz=centres[-2])
+        if dense:
+            skips = [with_features(xyz, feats)] + level_feats[1:-1]
+            known_xyz, known_feat = centres[-1], level_feats[-1]
+            for query_xyz, skip, fp in zip(reversed(centres[:-1]), reversed(skips), self.propagations):
+                known_feat = fp(query_xyz, skip, known_xyz, known_feat)
+                known_xyz = query_xyz
+            out.dense = known_feat
+        return out
