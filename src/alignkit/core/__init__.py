@@ -3,4 +3,4 @@
 
 def register_core() -> None:
     """Import the core modules so their losses, encoders, heads, datasets and evaluators are registered."""
-    from alignkit.core import data, demo, encoders, evaluate, losses, module  # noqa: F401
+    from alignkit.core import augment, data, demo, encoders, evaluate, losses, module  # noqa: F401

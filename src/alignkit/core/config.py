@@ -19,8 +19,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from alignkit.core.registry import (DATASETS, ENCODERS, EVALUATORS, HEADS, LOSSES, MODELS, ConfigError,
-                                    did_you_mean)
+from alignkit.core.registry import (AUGMENTATIONS, DATASETS, ENCODERS, EVALUATORS, HEADS, LOSSES, MODELS,
+                                    ConfigError, did_you_mean)
 
 
 @dataclass
@@ -63,6 +63,13 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """A training-batch augmentation: ``AUGMENTATIONS[name](**params)`` (see :mod:`alignkit.core.augment`)."""
+    name: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
     dataset: str = MISSING
     params: Dict[str, Any] = field(default_factory=dict)
@@ -78,6 +85,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: Optional[str] = "val"
     test_split: Optional[str] = "test"
+    augment: List[AugmentConfig] = field(default_factory=list)  # on training batches, on the device
 
 
 @dataclass
@@ -242,6 +250,8 @@ def validate(cfg: DictConfig) -> None:
         LOSSES.check_params(obj.loss, _plain(obj.params), f"model.objectives[{i}].params")
     if cfg.data.dataset is not None:
         DATASETS.check_params(cfg.data.dataset, _plain(cfg.data.params), "data.params")
+    for i, aug in enumerate(cfg.data.augment):
+        AUGMENTATIONS.check_params(aug.name, _plain(aug.params), f"data.augment[{i}].params")
     for i, ev in enumerate(cfg.eval):
         EVALUATORS.check_params(ev.name, _plain(ev.params), f"eval[{i}].params")
 

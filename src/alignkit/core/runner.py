@@ -36,8 +36,10 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     from alignkit.core.data import AlignmentDataModule
+    from alignkit.core.registry import AUGMENTATIONS
     d = to_plain(cfg.data)
-    return AlignmentDataModule(seed=int(cfg.seed), **d)
+    augment = [AUGMENTATIONS.build(a["name"], **a["params"]) for a in d.pop("augment")]
+    return AlignmentDataModule(seed=int(cfg.seed), batch_transforms=augment, **d)
 
 
 def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
