@@ -1,2 +1,2 @@
 """Point-cloud domain (issue 5): point ops, readers, rendering, PointNet++ / Point-BERT towers, ULIP, Text4Point."""
-from alignkit.domains.pointcloud import models  # noqa: F401  (registers pointnet2-ssg, pointbert)
+from alignkit.domains.pointcloud import data, models, rgbd, segmentation, text4point  # noqa: F401  (registrations)

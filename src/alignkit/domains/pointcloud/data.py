@@ -1,0 +1,498 @@
+"""Point-cloud datasets (``DATASETS``: ``modelnet40``, ``shapenet55``, ``scanobjectnn``, ``point-folder``),
+their decoder and the point augmentations.
+
+Every dataset wraps a layout reader of :mod:`alignkit.domains.pointcloud.io` in the
+:class:`~alignkit.core.data.PairedDataset` protocol:
+
+- ``raw(i)``: ``{"npy": the prepared cloud (num_points, 3+F) float32 as .npy bytes, "cls": label,
+  "json": {id, names, description, where, up, features}, "<kind><vv>.png": rendered views}`` (views only with
+  ``with_images``). The cloud comes from :func:`~alignkit.domains.pointcloud.io.prepare_points` (meshes sampled
+  on their surface, FPS to ``num_points``, unit sphere), kept in a
+  :class:`~alignkit.domains.pointcloud.io.SampledCloudCache` so later epochs read one small ``.npy``;
+  views are rendered once (:mod:`~alignkit.domains.pointcloud.render`) and kept as PNGs next to the file
+  (or under ``render_dir``).
+- :class:`PointCloudDecoder` turns a record (from the folder or a shard) into the sample
+  ``{"points": float Tensor (num_points, 3+F), "label": int, "text": str, "id": str, "image": float Tensor
+  (3, S, S) (with_images)}``. In training (``augment``, default: split ``"train"``) it augments the points
+  (scale, rotation about the up axis, jitter, dropout), draws a random caption template and class synonym,
+  and a random rendered view; in evaluation it uses the first template and name and view 0.
+
+Features ``F``: ``none`` (xyz), ``normals``, ``colors`` or ``normals+colors`` (3 columns each, after xyz).
+Bad files or listings raise errors naming the file (and line); with ``skip_bad=True`` every item is
+prepared (and rendered) at construction and failures are dropped and listed in ``skipped``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from monai.transforms import Compose, Randomizable, RandomizableTransform
+from torch.utils.data import get_worker_info
+
+from alignkit.core.data import ImageTextDecoder, PairedDataset, RawRecord, RawValue, build_decoder, raw_text
+from alignkit.core.encoders import check_choice
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.domains.pointcloud.io import (UP_AXES, ModelNet40MeshReader, ModelNet40ResampledReader,
+                                            PointFileError, PointFolderReader, PointLayoutReader, PointRecord,
+                                            SampledCloudCache, ScanObjectNNReader, ShapeNet55Reader,
+                                            check_features, default_cache_dir, detect_modelnet40_layout,
+                                            load_geometry, prepare_points)
+from alignkit.domains.pointcloud.prompts import point_caption, resolve_templates
+from alignkit.domains.pointcloud.render import VIEW_KINDS, default_views_dir, render_geometry, view_file, write_views
+
+logger = logging.getLogger(__name__)
+
+_AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
+
+
+# ===================================================================================== augmentations
+
+
+class RandomScalePoints(RandomizableTransform):
+    """``x' = s x`` with ``s ~ U(low, high)`` per cloud (one factor, or one per axis if ``anisotropic``).
+
+    Acts on (N, 3+F) float arrays; with ``normals`` (columns 3:6) they become ``normalize(n / s)``, the
+    normals of the scaled surface.
+    """
+
+    def __init__(self, low: float = 0.8, high: float = 1.25, anisotropic: bool = False, normals: bool = False,
+                 prob: float = 1.0):
+        super().__init__(prob)
+        if not 0 < low <= high:
+            raise ConfigError(f"scale range must satisfy 0 < low <= high, got ({low}, {high})")
+        self.low, self.high, self.anisotropic, self.normals = low, high, anisotropic, normals
+        self._scale = np.ones(3)
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._scale = self.R.uniform(self.low, self.high, 3 if self.anisotropic else 1) * np.ones(3)
+
+    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return points
+        out = points.copy()
+        out[:, :3] *= self._scale
+        if self.normals:
+            n = out[:, 3:6] / self._scale
+            out[:, 3:6] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def rotation_about(axis: str, angle: float) -> np.ndarray:
+    """(3, 3) right-handed rotation by ``angle`` radians about coordinate axis ``axis`` (``x``, ``y``, ``z``)."""
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [k for k in range(3) if k != _AXIS_INDEX[axis]]
+    if axis == "y":  # keep right-handedness: about y the plane is (z, x)
+        i, j = j, i
+    rot = np.eye(3)
+    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+    return rot
+
+
+class RandomRotateUp(RandomizableTransform):
+    """Rotation of xyz (and normals, columns 3:6) about the up axis by ``U(-max_angle, max_angle)`` radians."""
+
+    def __init__(self, up_axis: str = "z", max_angle: float = float(np.pi), normals: bool = False, prob: float = 1.0):
+        super().__init__(prob)
+        check_choice(up_axis, UP_AXES, "up_axis")
+        self.up_axis, self.max_angle, self.normals = up_axis, max_angle, normals
+        self._rotation = np.eye(3)
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._rotation = rotation_about(self.up_axis, self.R.uniform(-self.max_angle, self.max_angle))
+
+    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return points
+        out = points.copy()
+        out[:, :3] = points[:, :3] @ self._rotation.T
+        if self.normals:
+            out[:, 3:6] = points[:, 3:6] @ self._rotation.T
+        return out
+
+
+class RandomJitterPoints(RandomizableTransform):
+    """``x' = x + clip(sigma * N(0, 1), -clip, clip)`` per point and coordinate (xyz only)."""
+
+    def __init__(self, sigma: float = 0.01, clip: float = 0.05, prob: float = 1.0):
+        super().__init__(prob)
+        self.sigma, self.clip = sigma, clip
+        self._noise: Optional[np.ndarray] = None
+
+    def randomize(self, data: Optional[np.ndarray] = None) -> None:
+        super().randomize(None)
+        n = 0 if data is None else len(data)
+        self._noise = np.clip(self.sigma * self.R.standard_normal((n, 3)), -self.clip, self.clip)
+
+    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(points)
+        if not self._do_transform:
+            return points
+        out = points.copy()
+        out[:, :3] += self._noise
+        return out
+
+
+class RandomPointDropout(RandomizableTransform):
+    """PointNet++ point dropout: draw ``r ~ U(0, max_ratio)``, then replace each point with probability ``r``
+    by the first point (the cloud keeps its size, so batches still stack)."""
+
+    def __init__(self, max_ratio: float = 0.875, prob: float = 1.0):
+        super().__init__(prob)
+        if not 0 <= max_ratio < 1:
+            raise ConfigError(f"dropout max_ratio must be in [0, 1), got {max_ratio}")
+        self.max_ratio = max_ratio
+        self._drop: Optional[np.ndarray] = None
+
+    def randomize(self, data: Optional[np.ndarray] = None) -> None:
+        super().randomize(None)
+        ratio = self.R.uniform(0.0, self.max_ratio)
+        self._drop = self.R.random_sample(0 if data is None else len(data)) < ratio
+
+    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(points)
+        if not self._do_transform:
+            return points
+        out = points.copy()
+        out[self._drop] = points[0]
+        return out
+
+
+def point_augmentation(up_axis: str = "z", normals: bool = False, scale: Optional[Sequence[float]] = (0.8, 1.25),
+                       rotate: bool = True, jitter: float = 0.01, dropout: float = 0.0) -> Compose:
+    """The training augmentation: dropout (if ``dropout`` > 0), scale (if ``scale``), rotation about
+    ``up_axis`` (if ``rotate``), jitter (if ``jitter`` > 0), as a MONAI ``Compose`` of the transforms above."""
+    steps: List[RandomizableTransform] = []
+    if dropout > 0:
+        steps.append(RandomPointDropout(dropout))
+    if scale is not None:
+        low, high = scale
+        steps.append(RandomScalePoints(low, high, normals=normals))
+    if rotate:
+        steps.append(RandomRotateUp(up_axis, normals=normals))
+    if jitter > 0:
+        steps.append(RandomJitterPoints(jitter))
+    return Compose(steps)
+
+
+# =========================================================================================== decoder
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class PointCloudDecoder(Randomizable):
+    """Raw point record (:meth:`PointCloudDataset.raw`) -> sample; picklable, reads no files.
+
+    ``augment`` None means "augment iff ``split == "train"``"; the same flag makes the caption template,
+    the class synonym, the view kind and the view random (else: first template, first name, first kind,
+    view 0). Random draws come from MONAI ``self.R`` seeded with ``seed``; inside a DataLoader worker the
+    decoder reseeds itself once from the worker's seed, so workers draw different augmentations.
+    """
+
+    def __init__(self, split: str = "train", augment: Optional[bool] = None,
+                 scale: Optional[Sequence[float]] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
+                 dropout: float = 0.0, caption_templates: Union[str, Sequence[str]] = "shapenet_64",
+                 image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                 image_mean: Sequence[float] = (0.5,), image_std: Sequence[float] = (0.5,), seed: int = 0):
+        self.training = bool(augment) if augment is not None else split == "train"
+        self.scale = tuple(scale) if scale is not None else None
+        if self.scale is not None and len(self.scale) != 2:
+            raise ConfigError(f"scale must be [low, high] or null, got {scale}")
+        self.rotate, self.jitter, self.dropout = rotate, jitter, dropout
+        self.templates = resolve_templates(caption_templates)
+        self.image_kinds = tuple(image_kinds)
+        for kind in self.image_kinds:
+            check_choice(kind, VIEW_KINDS, "image_kinds entry")
+        self.images = ImageTextDecoder(image_size=image_size, channels=3, mean=tuple(image_mean), std=tuple(image_std))
+        self.seed = seed
+        self._augmenters: Dict[Tuple[str, bool], Compose] = {}
+        self._seeded_for: Optional[Tuple[int, Optional[int]]] = None
+        self.set_random_state(seed)
+
+    def _reseed_in_worker(self) -> None:
+        info = get_worker_info()
+        token = (os.getpid(), None if info is None else info.seed)
+        if token != self._seeded_for:
+            if self._seeded_for is not None or info is not None:
+                self.set_random_state((info.seed if info is not None else self.seed) % 2 ** 32)
+                self._augmenters.clear()
+            self._seeded_for = token
+
+    def _augmenter(self, up: str, normals: bool) -> Compose:
+        if (up, normals) not in self._augmenters:
+            augmenter = point_augmentation(up, normals, self.scale, self.rotate, self.jitter, self.dropout)
+            augmenter.set_random_state(int(self.R.randint(0, 2 ** 31)))
+            self._augmenters[(up, normals)] = augmenter
+        return self._augmenters[(up, normals)]
+
+    def _pick(self, count: int) -> int:
+        return int(self.R.randint(count)) if self.training else 0
+
+    def __call__(self, raw: RawRecord) -> Dict[str, Any]:
+        self._reseed_in_worker()
+        meta = json.loads(raw_text(raw["json"]))
+        where = meta["where"] + (f", shard {raw['__url__']}" if "__url__" in raw else "")
+        try:
+            points = np.load(io.BytesIO(bytes(raw["npy"])), allow_pickle=False)  # type: ignore[arg-type]
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"cannot decode the points of '{meta['id']}' ({where}): {exc}") from exc
+        if self.training:
+            normals = "normals" in check_features(meta["features"])
+            points = self._augmenter(meta["up"], normals)(points)
+        names = meta["names"]
+        text = point_caption(self.templates[self._pick(len(self.templates))], names[self._pick(len(names))],
+                             meta.get("description"))
+        sample: Dict[str, Any] = {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+                                  "label": int(raw_text(raw["cls"])), "text": text, "id": meta["id"]}
+        kinds = [k for k in self.image_kinds if f"{k}00.png" in raw]
+        if kinds:
+            kind = kinds[self._pick(len(kinds))]
+            views = sorted(k for k in raw if k.startswith(kind) and k.endswith(".png"))
+            sample["image"] = self.images.image(bytes(raw[views[self._pick(len(views))]]))  # type: ignore[arg-type]
+        elif self.image_kinds and any(k.endswith(".png") for k in raw):
+            raise ValueError(f"record '{meta['id']}' ({where}) has no views of kinds {list(self.image_kinds)}")
+        return sample
+
+
+# ========================================================================================== datasets
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+class PointCloudDataset(PairedDataset):
+    """Base of the point-cloud datasets: a layout reader's records as prepared, cached clouds (+ views).
+
+    Subclasses call ``super().__init__(params=locals())``, build their reader and call :meth:`_index`. The
+    shared parameters (all keyword, in every subclass):
+
+    - ``num_points`` (N), ``surface_points`` (samples drawn on a mesh before FPS), ``features``,
+      ``sampling`` (``fps`` | ``random``), ``seed``: :func:`~alignkit.domains.pointcloud.io.prepare_points`;
+    - ``augment``, ``scale`` ([low, high] or null), ``rotate``, ``jitter`` (sigma), ``dropout`` (max ratio),
+      ``caption_templates`` (a set of :mod:`~alignkit.domains.pointcloud.prompts` or a list),
+      ``image_size``, ``image_kinds``, ``image_mean``, ``image_std``: the :class:`PointCloudDecoder`'s;
+    - ``up_axis``: the shapes' up axis (None: the layout's; rotation and rendering use it);
+    - ``with_images``, ``num_views``, ``render_dir``: render ``num_views`` views of ``image_size`` px per item
+      (shaded and depth) once, beside the file (``<stem>_views<size>/``; ``.h5`` rows in ``<row>/`` below it) or
+      in ``render_dir/<id>_views<size>/``;
+    - ``cache``, ``cache_dir``: keep prepared clouds on disk (default dir
+      :func:`~alignkit.domains.pointcloud.io.default_cache_dir`);
+    - ``classes``: keep only these classes (layout keys or readable names), labelled in this order;
+    - ``skip_bad``: drop and list (``skipped``) bad entries instead of raising.
+    """
+
+    def _index(self, reader: PointLayoutReader) -> None:
+        p = self.params
+        check_features(p["features"])
+        self.reader = reader
+        self.up_axis: str = p["up_axis"] if p["up_axis"] is not None else reader.up_axis
+        check_choice(self.up_axis, UP_AXES, "up_axis")
+        if p["with_images"] and p["num_views"] < 1:
+            raise ConfigError(f"num_views must be positive with with_images, got {p['num_views']}")
+        self._decoder = build_decoder(type(self), p)  # validates the decoder parameters now
+        self._cache = SampledCloudCache(p["cache_dir"] or default_cache_dir()) if p["cache"] else None
+        self.skipped = list(reader.skipped)
+        keep, self.synonyms = self._select_classes(reader, p["classes"])
+        self.class_names: List[str] = [names[0] for names in self.synonyms]
+        self.records: List[PointRecord] = [replace(r, label=keep[r.label]) for r in reader.records if r.label in keep]
+        if p["skip_bad"]:
+            self._drop_unreadable()
+        if not self.records:
+            logger.warning("%s: split '%s' has no items", type(self).__name__, p["split"])
+
+    @staticmethod
+    def _select_classes(reader: PointLayoutReader, classes: Optional[Sequence[str]]
+                        ) -> Tuple[Dict[int, int], List[Tuple[str, ...]]]:
+        """(old label -> new label, synonyms per new label) for the ``classes`` filter (None keeps all)."""
+        if classes is None:
+            return {k: k for k in range(len(reader.class_keys))}, list(reader.synonyms)
+        lookup = {key: k for k, key in enumerate(reader.class_keys)}
+        lookup.update({name: k for k, name in enumerate(reader.class_names)})
+        keep: Dict[int, int] = {}
+        for new, name in enumerate(classes):
+            if name not in lookup:
+                raise ConfigError(f"classes: '{name}' is not a class of this dataset{did_you_mean(name, lookup)}; "
+                                  f"classes: {', '.join(reader.class_names)}")
+            keep[lookup[name]] = new
+        return keep, [reader.synonyms[old] for old in keep]
+
+    def _drop_unreadable(self) -> None:
+        """Prepare (and render) every item now; drop and list the ones that fail (``skip_bad``)."""
+        good = []
+        for record in self.records:
+            try:
+                self.points(record)
+                if self.params["with_images"]:
+                    self.views(record)
+            except PointFileError as exc:
+                self.skipped.append((record.where, str(exc)))
+                continue
+            good.append(record)
+        if self.skipped:
+            logger.warning("%s: skipped %d entries (skip_bad=True); first: %s", type(self).__name__,
+                           len(self.skipped), "; ".join(f"{w}: {r}" for w, r in self.skipped[:3]))
+        self.records = good
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def points(self, record: PointRecord) -> np.ndarray:
+        """The prepared cloud (num_points, 3+F) float32 of ``record`` (from the cache when present)."""
+        p = self.params
+        sampling = {"num_points": p["num_points"], "surface_points": p["surface_points"], "features": p["features"],
+                    "sampling": p["sampling"], "seed": p["seed"]}
+
+        def compute() -> np.ndarray:
+            cloud = self.reader.load(record, p["surface_points"], p["seed"], colors="colors" in p["features"])
+            return prepare_points(cloud, p["num_points"], p["features"], p["sampling"], p["seed"])
+
+        if self._cache is None:
+            return compute()
+        return self._cache.fetch(record.path, sampling, compute, row=record.row)
+
+    def views_dir(self, record: PointRecord) -> Path:
+        """Folder of the record's rendered views (see the class docstring)."""
+        size = self.params["image_size"]
+        if self.params["render_dir"] is not None:
+            return Path(self.params["render_dir"]) / f"{_safe_name(record.id)}_views{size}"
+        if record.row is not None:
+            return default_views_dir(record.path, size) / str(record.row)
+        return default_views_dir(record.path, size)
+
+    def views(self, record: PointRecord) -> Dict[str, Path]:
+        """``{"<kind><vv>.png": path}`` of the record's views, rendering them first if absent."""
+        p = self.params
+        folder = self.views_dir(record)
+        files = {f"{kind}{v:02d}.png": view_file(folder, kind, v) for kind in p["image_kinds"]
+                 for v in range(p["num_views"])}
+        if not ((folder / "views.json").is_file() and all(f.is_file() for f in files.values())):
+            geometry = self.reader.load(record) if record.row is not None else load_geometry(record.path)
+            views = render_geometry(geometry, p["num_views"], p["image_size"], self.up_axis)
+            write_views(views, folder)
+        return files
+
+    def raw(self, i: int) -> Dict[str, RawValue]:
+        """``{"npy": points .npy bytes, "cls": label, "json": meta, "<kind><vv>.png": view bytes...}``."""
+        record = self.records[i]
+        meta = {"id": record.id, "names": list(self.synonyms[record.label]), "description": record.description,
+                "where": record.where, "up": self.up_axis, "features": self.params["features"]}
+        out: Dict[str, RawValue] = {"npy": _npy_bytes(self.points(record)), "cls": record.label,
+                                    "json": json.dumps(meta)}
+        if self.params["with_images"]:
+            out.update({field: path.read_bytes() for field, path in self.views(record).items()})
+        return out
+
+    @classmethod
+    def decoder(cls, split: str = "train", augment: Optional[bool] = None,
+                scale: Optional[Sequence[float]] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
+                dropout: float = 0.0, caption_templates: Union[str, Sequence[str]] = "shapenet_64",
+                image_size: int = 64, image_kinds: Sequence[str] = ("shaded",), image_mean: Sequence[float] = (0.5,),
+                image_std: Sequence[float] = (0.5,), seed: int = 0) -> PointCloudDecoder:
+        return PointCloudDecoder(split=split, augment=augment, scale=scale, rotate=rotate, jitter=jitter,
+                                 dropout=dropout, caption_templates=caption_templates, image_size=image_size,
+                                 image_kinds=image_kinds, image_mean=image_mean, image_std=image_std, seed=seed)
+
+
+_Floats = Sequence[float]
+
+
+@DATASETS.register("modelnet40")
+class ModelNet40Dataset(PointCloudDataset):
+    """ModelNet40 (or ModelNet10): the mesh layout ``root/<class>/{train,test}/*.off`` (z up) or
+    ``modelnet40_normal_resampled`` (y up), chosen by ``layout`` (``auto`` detects it). Shared parameters:
+    :class:`PointCloudDataset`."""
+
+    def __init__(self, root: str, split: str = "train", layout: str = "auto", num_points: int = 1024,
+                 surface_points: int = 8192, features: str = "none", sampling: str = "fps",
+                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
+                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
+                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
+                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
+                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(params=locals())
+        check_choice(layout, ("auto", "mesh", "resampled"), "modelnet40 layout")
+        self.layout = detect_modelnet40_layout(root) if layout == "auto" else layout
+        reader_cls = ModelNet40MeshReader if self.layout == "mesh" else ModelNet40ResampledReader
+        self._index(reader_cls(root, split, skip_bad=skip_bad))
+
+
+@DATASETS.register("shapenet55")
+class ShapeNet55Dataset(PointCloudDataset):
+    """ShapeNet-55 in Point-BERT's layout (:class:`~alignkit.domains.pointcloud.io.ShapeNet55Reader`; y up);
+    captions use the synset's names (ShapeNet ``taxonomy.json`` synonyms when present). Shared parameters:
+    :class:`PointCloudDataset`."""
+
+    def __init__(self, root: str, split: str = "train", num_points: int = 1024, surface_points: int = 8192,
+                 features: str = "none", sampling: str = "fps", augment: Optional[bool] = None,
+                 scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
+                 dropout: float = 0.0, up_axis: Optional[str] = None,
+                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
+                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
+                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(params=locals())
+        self._index(ShapeNet55Reader(root, split, skip_bad=skip_bad))
+
+
+@DATASETS.register("scanobjectnn")
+class ScanObjectNNDataset(PointCloudDataset):
+    """ScanObjectNN ``.h5`` files (:class:`~alignkit.domains.pointcloud.io.ScanObjectNNReader`: ``variant``,
+    ``suffix``; y up). Shared parameters: :class:`PointCloudDataset`."""
+
+    def __init__(self, root: str, split: str = "train", variant: str = "main_split",
+                 suffix: str = "objectdataset_augmentedrot_scale75", num_points: int = 1024,
+                 surface_points: int = 8192, features: str = "none", sampling: str = "fps",
+                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
+                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
+                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
+                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
+                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(params=locals())
+        self._index(ScanObjectNNReader(root, split, variant=variant, suffix=suffix, skip_bad=skip_bad))
+
+
+@DATASETS.register("point-folder")
+class PointFolderDataset(PointCloudDataset):
+    """Any mesh/point files listed in a labels CSV (:class:`~alignkit.domains.pointcloud.io.PointFolderReader`:
+    ``csv``, ``path_column``, ``label_column`` (class names), ``split_column``, ``text_column`` (per-item
+    caption metadata)); ``up_axis`` defaults to z. Shared parameters: :class:`PointCloudDataset`."""
+
+    def __init__(self, root: str, split: str = "train", csv: str = "labels.csv", path_column: str = "path",
+                 label_column: str = "label", split_column: Optional[str] = "split", text_column: Optional[str] = None,
+                 num_points: int = 1024, surface_points: int = 8192, features: str = "none", sampling: str = "fps",
+                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
+                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
+                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
+                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
+                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                 skip_bad: bool = False, seed: int = 0):
+        super().__init__(params=locals())
+        self._index(PointFolderReader(root, split, csv_name=csv, path_column=path_column, label_column=label_column,
+                                      split_column=split_column, text_column=text_column, up_axis=up_axis or "z",
+                                      skip_bad=skip_bad))
