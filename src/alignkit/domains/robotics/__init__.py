@@ -1,0 +1,7 @@
+"""Robotics domain (issue 6): LeRobot-format episodes, RLDS conversion, language-conditioned simulators
+(Meta-World, BabyAI, AI2-THOR), demonstration collection and vectorised rollouts."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")  # CPU rendering; must be set before mujoco is first imported
+
+from alignkit.domains.robotics import collect, dataset, envs, rollout  # noqa: E402,F401  (registrations)

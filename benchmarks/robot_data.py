@@ -1,0 +1,160 @@
+"""Episode loader throughput against a training step's consumption.
+
+Writes a synthetic LeRobot v3.0 dataset (``--episodes`` x ``--length`` frames, ``--cameras`` 64x64
+cameras, default codec libx264 with GOP ``--gop``), then measures
+
+- the loader: :class:`~alignkit.domains.robotics.dataset.LeRobotDataset` with a 4-frame window in a
+  DataLoader (batch ``--batch``, shuffled, i.e. random access) with 0, 1 and 2 workers, plus the
+  sequential order with 0 workers; samples/s (windows) and images/s (decoded frames delivered =
+  samples x window x cameras), after the first batch (worker start-up excluded);
+- a training step: a small causal transformer (width 64, 10 tokens per frame: 9 pooled patch tokens
+  + 1 state token, 4-frame history, a task embedding token) forward + backward + AdamW on such a batch;
+  samples/s.
+
+The loader keeps up when its samples/s is at least the step's. One torch thread everywhere.
+
+    python benchmarks/robot_data.py            # 40 episodes x 50 frames, 1 camera
+    python benchmarks/robot_data.py --quick    # 12 episodes, fewer batches
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from alignkit.core.data import collate_samples
+from alignkit.domains.robotics.dataset import LeRobotDataset, LeRobotWriter
+from alignkit.domains.robotics.episode import Episode
+
+WINDOW, SIZE, STATE, ACTION, WIDTH = 4, 64, 8, 4, 64
+
+
+def synthetic_episodes(n: int, length: int, cameras: int, seed: int = 0) -> Iterator[Episode]:
+    """Smooth moving-blob frames (compress like rendered scenes), random state/action, 4 tasks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    for k in range(n):
+        cx, cy = rng.uniform(10, 54, size=2)
+        vx, vy = rng.uniform(-0.6, 0.6, size=2)
+        frames = []
+        for t in range(length):
+            blob = 180 * np.exp(-((xx - cx - vx * t) ** 2 + (yy - cy - vy * t) ** 2) / 30.0)
+            frames.append(np.stack([30 + xx + blob, 50 + yy, 120 - blob / 2 + 2 * k % 60], axis=-1))
+        images = np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+        yield Episode(images={f"cam{c}": np.roll(images, 7 * c, axis=2) for c in range(cameras)},
+                      state=rng.normal(size=(length, STATE)), action=rng.normal(size=(length, ACTION)),
+                      task=f"task {k % 4}", source=f"synthetic {k}")
+
+
+class TinyCausalPolicy(nn.Module):
+    """Tokens per frame: 9 pooled 8x8-patch tokens per camera + 1 state token; a task token first;
+    block-causal attention over frames (a token sees its frame and earlier ones); action from the last token."""
+
+    def __init__(self, cameras: int, tasks: int = 4, layers: int = 2):
+        super().__init__()
+        self.patch = nn.Conv2d(3, WIDTH, kernel_size=8, stride=8)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.state = nn.Linear(STATE, WIDTH)
+        self.task = nn.Embedding(tasks, WIDTH)
+        self.tokens_per_frame = 9 * cameras + 1
+        self.position = nn.Parameter(torch.zeros(1, 1 + WINDOW * self.tokens_per_frame, WIDTH))
+        layer = nn.TransformerEncoderLayer(WIDTH, nhead=4, dim_feedforward=4 * WIDTH, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers)
+        self.head = nn.Linear(WIDTH, ACTION)
+        frame_of_token = torch.cat([torch.zeros(1), torch.arange(WINDOW).repeat_interleave(self.tokens_per_frame) + 1])
+        self.register_buffer("mask", frame_of_token[None, :] > frame_of_token[:, None])  # True = may not attend
+
+    def forward(self, images: List[torch.Tensor], state: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        b = state.shape[0]
+        per_camera = [self.pool(self.patch(x.flatten(0, 1))).flatten(2).transpose(1, 2).reshape(b, WINDOW, 9, WIDTH)
+                      for x in images]
+        frames = torch.cat([*per_camera, self.state(state)[:, :, None]], dim=2).flatten(1, 2)
+        tokens = torch.cat([self.task(task)[:, None], frames], dim=1) + self.position
+        return self.head(self.encoder(tokens, mask=self.mask)[:, -1])
+
+
+def loader_rate(ds: LeRobotDataset, workers: int, batch: int, batches: int, shuffle: bool) -> Dict[str, float]:
+    loader = DataLoader(ds, batch_size=batch, shuffle=shuffle, num_workers=workers, collate_fn=collate_samples,
+                        drop_last=True, generator=torch.Generator().manual_seed(0), timeout=120 if workers else 0)
+    it = iter(loader)
+    start = time.perf_counter()
+    next(it)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        try:
+            next(it)
+        except StopIteration:
+            break
+        n += batch
+    seconds = time.perf_counter() - start
+    del it
+    return {"samples_s": n / seconds, "images_s": n * WINDOW * len(ds.camera_keys) / seconds, "first_batch_s": first}
+
+
+def train_rate(ds: LeRobotDataset, batch: int, steps: int) -> float:
+    torch.manual_seed(0)
+    model = TinyCausalPolicy(len(ds.camera_keys))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = collate_samples([ds[i] for i in range(batch)])
+    images = [data[k] for k in ds.camera_keys]
+
+    def step() -> None:
+        loss = F.mse_loss(model(images, data["observation.state"], data["task_index"]), data["action"][:, -1])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--length", type=int, default=50)
+    parser.add_argument("--cameras", type=int, default=1)
+    parser.add_argument("--gop", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.episodes, args.batches = 12, 6
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        start = time.perf_counter()
+        with LeRobotWriter(root, fps=10, gop=args.gop) as writer:
+            for ep in synthetic_episodes(args.episodes, args.length, args.cameras):
+                writer.add_episode(ep)
+        write_s = time.perf_counter() - start
+        ds = LeRobotDataset(root, window=WINDOW)
+        frames = len(ds) * args.cameras
+        print(f"dataset: {args.episodes} episodes x {args.length} frames x {args.cameras} camera(s) {SIZE}x{SIZE}, "
+              f"gop {args.gop}: written in {write_s:.1f} s ({frames / write_s:.0f} frames/s), "
+              f"{sum(p.stat().st_size for p in root.rglob('*.mp4')) / 1e3:.0f} kB of mp4")
+        step = train_rate(ds, args.batch, steps=max(5, args.batches // 2))
+        rows = [("shuffled", w, loader_rate(ds, w, args.batch, args.batches, True)) for w in (0, 1, 2)]
+        rows.append(("sequential", 0, loader_rate(ds, 0, args.batch, args.batches, False)))
+    print(f"\ntraining step (batch {args.batch}, window {WINDOW}): {step:.0f} samples/s\n")
+    print(f"{'order':<11}{'workers':>8}{'samples/s':>11}{'images/s':>10}{'first batch':>13}{'loader/step':>13}")
+    for order, workers, r in rows:
+        print(f"{order:<11}{workers:>8}{r['samples_s']:>11.0f}{r['images_s']:>10.0f}{r['first_batch_s']:>12.2f}s"
+              f"{r['samples_s'] / step:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
