@@ -84,3 +84,19 @@ def test_train_with_ddp_on_two_cpu_processes(shapes_tiny: Path, tmp_path: Path) 
     assert done.stdout.count("run folder:") == 1  # reported by rank 0 only
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 3 and "retrieval/text2image_R@1" in metrics
+
+
+def test_domains_register_their_own_subcommands(capsys: pytest.CaptureFixture) -> None:
+    from alignkit.core.registry import COMMANDS
+
+    def add_parser(sub) -> None:
+        sp = sub.add_parser("echo-args", help="test command")
+        sp.add_argument("word")
+        sp.set_defaults(func=lambda args: print(f"got {args.word}") or 3)
+
+    COMMANDS.register("echo-args")(add_parser)
+    try:
+        assert main(["echo-args", "hello"]) == 3
+        assert "got hello" in capsys.readouterr().out
+    finally:
+        COMMANDS._entries.pop("echo-args")

@@ -7,6 +7,8 @@
     alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N]
     alignkit export RUN --out DIR [--ckpt PATH]
     alignkit bench  NAME -c CONFIG [--set key=value ...]     (e.g. bench xray: BenchX-style comparison)
+
+Domains add their own subcommands through ``alignkit.core.registry.COMMANDS`` (``alignkit --help`` lists them).
 """
 from __future__ import annotations
 
@@ -165,14 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--ckpt", help="checkpoint (default RUN/checkpoints/last.ckpt)")
     sp.set_defaults(func=cmd_export)
+
+    from alignkit.core.registry import COMMANDS
+    from alignkit.plugins import load_all
+    load_all()  # the domains register their own subcommands (interpret, convert, collect, ...)
+    for name in COMMANDS.names():
+        COMMANDS.get(name)(sub)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from alignkit.core.registry import ConfigError
     args = build_parser().parse_args(argv)
-    from alignkit.plugins import load_all
-    load_all()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -90,3 +90,6 @@ EVALUATORS = Registry("evaluator")
 DEMOS = Registry("demo")
 BENCHES = Registry("bench")
 AUGMENTATIONS = Registry("augmentation")
+COMMANDS = Registry("command")
+"""Domain subcommands of the ``alignkit`` CLI: ``name -> add_parser(subparsers)``, which adds the subparser
+``name`` and sets its ``func`` (``args -> exit code``); see :func:`alignkit.cli.build_parser`."""
