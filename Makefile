@@ -3,13 +3,13 @@
 #   make test   the same set-up, then the whole test suite
 VENV    ?= .venv
 PYTHON  ?= python3
-EXTRAS  ?= dev,medical
+EXTRAS  ?= all
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.alignkit-installed
 DEMO    ?= core
 OUT     ?= runs/demo-$(DEMO)
 PYTEST_ARGS ?= -n 2 --durations=15
-SYSTEM_PACKAGES ?=
+SYSTEM_PACKAGES ?= libusb-1.0-0 libosmesa6
 
 .PHONY: setup system-deps demo test clean
 
