@@ -64,7 +64,7 @@ def test_bench_config_runs(path: Path, request: pytest.FixtureRequest, tmp_path:
     from omegaconf import OmegaConf
     bench = OmegaConf.load(path).bench
     per_method = TINY_DATA["cxr"](request) + SINGLE_PROCESS
-    table = BENCHES.get(bench)(path, [f"overrides={per_method!r}".replace("'", '"'), f"out_dir={tmp_path}",
+    result = BENCHES.get(bench)(path, [f"overrides={per_method!r}".replace("'", '"'), f"out_dir={tmp_path}",
                                       *TINY_BENCHX])
     written = json.loads(next(tmp_path.rglob("benchx.json")).read_text())
-    assert table.to_markdown() and written
+    assert result.table.to_markdown() and written

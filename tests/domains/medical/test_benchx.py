@@ -3,6 +3,7 @@ segmentation, report generation and the comparison table, on tiny synthetic samp
 visible patterns (class 0: a bright square top-left; class 1: stripes bottom-right)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -24,7 +25,8 @@ from alignkit.domains.medical.xray.benchx import (
 from alignkit.domains.medical.xray.generation import (ReportDecoder, ReportVocabulary, retrieval_report_baseline,
                                                       sinusoidal_positions, train_report_decoder)
 from alignkit.domains.medical.xray.io import CHEXPERT_LABELS
-from alignkit.domains.medical.xray.segmentation import SegmentationHead, finetune_segmentation
+from alignkit.domains.medical.xray.segmentation import (SegmentationHead, choose_min_areas, finetune_segmentation,
+                                                        remove_small_masks)
 
 SIZE = 16
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -229,6 +231,17 @@ def test_segmentation_beats_the_all_empty_prediction(splits) -> None:
     assert result.dice["mean"] > result.empty_baseline["mean"] + 0.1
 
 
+def test_small_predicted_masks_are_removed_at_the_area_chosen_on_validation() -> None:
+    true = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    true[0, 0, :4, :4] = True  # one real 16-pixel mask, three empty images
+    pred = true.clone()
+    pred[1, 0, 0, 0] = pred[2, 0, 7, 7] = True  # single stray pixels on empty images
+    assert remove_small_masks(pred, [2]).sum() == 16 and remove_small_masks(pred, [17]).sum() == 0
+    # Dice: keeping strays gives (1 + 0 + 0 + 1) / 4; an area of 1-16 pixels gives 1; the smallest such wins
+    chosen = choose_min_areas(pred, true, fractions=(0.0, 1 / 64, 2 / 64, 16 / 64, 0.5))
+    assert chosen == [2]
+
+
 # --------------------------------------------------------------------------- report generation
 REPORTS = ["No acute cardiopulmonary process.", "Moderate right pleural effusion. No pneumothorax.",
            "Enlarged heart with mild pulmonary edema.", "Small left apical pneumothorax, no effusion."]
@@ -297,7 +310,14 @@ def test_run_benchx_fills_one_table(splits, tmp_path) -> None:
             "report2image_R@5", "seg_dice", "gen_bleu4", "gen_rouge_l", "gen_retrieval_bleu1"} <= set(row)
     assert row["cls_auroc@50%"][1] is not None and row["zero_shot_auroc"][1] is None
     assert (tmp_path / "benchx.md").is_file() and (tmp_path / "tiny" / "zero_shot_roc.png").is_file()
-    assert set(json.loads((tmp_path / "benchx.json").read_text())["tiny"]) == set(row)
+    decoded = run_benchx({"tiny": model}, data["train"], data["val"], data["test"],
+                         dataclasses.replace(cfg, decode_once=True, tasks=("classification", "retrieval")))
+    assert decoded.rows["tiny"]["cls_auroc@100%"] == table.rows["tiny"]["cls_auroc@100%"]
+    written = json.loads((tmp_path / "benchx.json").read_text())["tiny"]
+    assert {k for k in written if not k.endswith("/per_class")} == set(row)
+    assert set(written["zero_shot_auroc/per_class"]) == {"square", "stripes"}
+    assert len(table.per_class["cls_auroc@50%"]["tiny"]) == 2  # the fixture names no classes: "0", "1"
+    assert "zero_shot_auroc per class:" in (tmp_path / "benchx.md").read_text()
 
 
 def test_sinusoidal_positions_by_hand() -> None:

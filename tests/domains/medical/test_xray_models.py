@@ -69,6 +69,20 @@ def test_local_term_matches_the_reference_on_projected_features():
     assert joined.words[0] == words.words[1]
 
 
+def test_local_batch_limits_the_local_term_to_the_first_pairs():
+    torch.manual_seed(0)
+    model = GloriaModule(tiny_model(), local_batch=2).eval()
+    b = batch()
+    with torch.no_grad():
+        out = model.compute_loss(b)
+        words = model.word_features(b["text"][:2])
+        regions = model.region_features(b["image"][:2])
+    expected = gloria_local_loss(words.features, words.mask, regions.features, 4.0, 5.0, 10.0)
+    torch.testing.assert_close(out["gloria_local/loss"], expected)
+    with pytest.raises(ConfigError, match="local_batch"):
+        GloriaModule(tiny_model(), local_batch=1)
+
+
 def test_local_loss_decreases_on_a_constant_batch():
     torch.manual_seed(0)
     model = GloriaModule(tiny_model(), local_weight=1.0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import lightning as L
 from omegaconf import MISSING, OmegaConf
@@ -73,8 +73,22 @@ def _method_config(path: str) -> Path:
     return p if p.is_file() else configs_dir() / path
 
 
+@dataclass
+class XRayBenchResult:
+    """The comparison ``table``, the evaluated ``models`` by method name, the ``datamodule`` whose splits were
+    used, and the bench's output folder ``out_dir``."""
+
+    table: BenchTable
+    models: Dict[str, Any]
+    datamodule: Any
+    out_dir: Path
+
+
 @BENCHES.register("xray")
-def run_xray_bench(config: str | Path, overrides: Sequence[str] = ()) -> BenchTable:
+def run_xray_bench(config: str | Path, overrides: Sequence[str] = (),
+                   benchx: Optional[Mapping[str, Any]] = None) -> XRayBenchResult:
+    """Train (or load, or leave untrained) every method of the bench config, then run BenchX on the first
+    method's data splits. ``benchx`` entries override the config's ``benchx`` section (e.g. ``prompts``)."""
     bench = load_bench_config(config, overrides)
     out = Path(bench.out_dir) / bench.name
     models: Dict[str, Any] = {}
@@ -97,8 +111,9 @@ def run_xray_bench(config: str | Path, overrides: Sequence[str] = ()) -> BenchTa
         if getattr(datamodule, f"{role}_dataset") is None:
             raise ConfigError(f"BenchX needs a non-empty {role} split (early stopping and thresholds use val); "
                               f"split '{datamodule.splits[role]}' of the data has no items")
+    settings = {**to_plain(bench.benchx), **dict(benchx or {})}
     table = run_benchx(models, datamodule.train_dataset, datamodule.val_dataset, datamodule.test_dataset,
-                       BenchXConfig(**to_plain(bench.benchx)), out_dir=out)
+                       BenchXConfig(**settings), out_dir=out)
     print(table.to_markdown())
     print(f"comparison table: {out / 'benchx.md'} and {out / 'benchx.json'}")
-    return table
+    return XRayBenchResult(table, models, datamodule, out)

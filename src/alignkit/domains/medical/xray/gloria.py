@@ -97,12 +97,20 @@ def pairwise_local_similarity(words: Tensor, word_mask: Tensor, regions: Tensor,
     """``(Bt, Bi)`` scores ``Z_ti`` (:func:`local_similarity`) after every report's words attend to
     every image's regions: ``words (Bt, L, D)``, ``word_mask (Bt, L)``, ``regions (Bi, R, D)``.
 
-    Memory grows as ``Bt * Bi * L * (R + D)``.
+    Memory grows as ``Bt * Bi * L * (R + D)``. Computed as :func:`word_region_attention` of ``words[:, None]``
+    against ``regions[None]``, but with two large matrix products (``(Bt L, D) x (D, Bi R)`` for the logits, one
+    ``(Bt L, R) x (R, D)`` per image for the contexts) instead of ``Bt * Bi`` small ones: several times faster on
+    CPU, forward and backward.
     """
     if words.dim() != 3 or regions.dim() != 3 or word_mask.shape != words.shape[:2]:
         raise ValueError(f"GLoRIA local similarity: expected words (B, L, D), word_mask (B, L) and regions "
                          f"(B, R, D), got {tuple(words.shape)}, {tuple(word_mask.shape)} and {tuple(regions.shape)}")
-    contexts = word_region_attention(words.unsqueeze(1), word_mask.unsqueeze(1), regions.unsqueeze(0), temp1).context
+    if words.shape[-1] != regions.shape[-1]:
+        raise ValueError(f"word_region_attention: words have {words.shape[-1]} features but regions "
+                         f"{regions.shape[-1]}; project both to one dimension first")
+    logits = temp1 * torch.einsum("tld,ird->tilr", F.normalize(words, dim=-1), F.normalize(regions, dim=-1))
+    attention = logits.softmax(-1) * word_mask.to(logits.dtype)[:, None, :, None]
+    contexts = torch.einsum("tilr,ird->tild", attention, regions)
     return local_similarity(words, word_mask, contexts, temp2)
 
 

@@ -47,9 +47,15 @@ def _inner(encoder: nn.Module) -> nn.Module:
     return encoder.module if isinstance(encoder, FrozenTower) else encoder
 
 
-def _report_strings(texts: Sequence[TextItem]) -> List[str]:
-    """Reports given as sentence lists are joined with spaces: word features need the report's tokens."""
-    return [t if isinstance(t, str) else " ".join(t) for t in texts]
+def _report_parts(texts: Sequence[TextItem]) -> Tuple[List[str], List[Tuple[int, int]]]:
+    """The strings to encode (a report, or each sentence of a report given as sentences) and each report's span."""
+    flat: List[str] = []
+    spans: List[Tuple[int, int]] = []
+    for text in texts:
+        parts = [text] if isinstance(text, str) else list(text)
+        spans.append((len(flat), len(flat) + len(parts)))
+        flat.extend(parts)
+    return flat, spans
 
 
 @MODELS.register("gloria")
@@ -62,6 +68,9 @@ class GloriaModule(AlignmentModule):
         temp1, temp2, temp3: GLoRIA's attention, word-aggregation and matching temperatures (paper: 4, 5, 10).
         image, text: the modalities holding the image and report towers. The text encoder needs
             ``encode_tokens`` (``hf-text``, ``minilm-l6``), the image encoder ``forward_tokens``.
+        local_batch: compute the local loss over the first ``local_batch`` pairs of each (shuffled) batch
+            only; None uses the whole batch. Its cost grows with the square of the pairs (every report's words
+            attend over every image's regions), so a CPU run with large global batches keeps it small.
 
     Logged beside the global terms: ``gloria_local/loss`` and ``gloria_local/local_accuracy``. The local loss
     runs over the local batch (not gathered across ranks) and pairs report ``i`` with image ``i`` only, so
@@ -72,7 +81,7 @@ class GloriaModule(AlignmentModule):
 
     def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None, local_weight: float = 1.0,
                  temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, image: str = "image",
-                 text: str = "text"):
+                 text: str = "text", local_batch: Optional[int] = None):
         super().__init__(model, optim)
         for name in (image, text):
             if name not in self.towers:
@@ -86,6 +95,9 @@ class GloriaModule(AlignmentModule):
                               f"{type(image_encoder).__name__}")
         if local_weight < 0:
             raise ConfigError(f"gloria local_weight must be >= 0, got {local_weight}")
+        if local_batch is not None and local_batch < 2:
+            raise ConfigError(f"gloria local_batch must be >= 2 (the loss contrasts pairs) or null, got {local_batch}")
+        self.local_batch = local_batch
         self.image_modality, self.text_modality = image, text
         self.local_weight = float(local_weight)
         region_dim = int(getattr(image_encoder, "map_channels", image_encoder.output_dim))
@@ -96,15 +108,36 @@ class GloriaModule(AlignmentModule):
 
     # ------------------------------------------------------------------ local features
     def word_features(self, texts: Sequence[TextItem]) -> MergedWords:
-        """Projected word features ``(B, W, D)``, word mask ``(B, W)`` and words of the reports ``texts``."""
+        """Projected word features ``(B, W, D)``, word mask ``(B, W)`` and words of the reports ``texts``.
+
+        A report given as a list of sentences has each sentence encoded on its own (so a frozen, cached tower
+        encodes every distinct sentence once, not every distinct report) and their words concatenated."""
         tower = self.towers[self.text_modality]
         encoder = _inner(tower.encoder)
+        flat, spans = _report_parts(texts)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not tower.frozen):
-            tokens = tower.encoder.encode_tokens(_report_strings(texts))
+            tokens = tower.encoder.encode_tokens(flat)
         special = set(encoder.tokenizer.all_special_tokens)
-        keep = tokens.mask & torch.tensor([[t not in special for t in row] for row in tokens.tokens],
-                                          dtype=torch.bool, device=tokens.mask.device)
-        merged = merge_subwords(tokens.features.float(), tokens.tokens, keep)
+        keep = (tokens.mask & torch.tensor([[t not in special for t in row] for row in tokens.tokens],
+                                           dtype=torch.bool, device=tokens.mask.device)).tolist()
+        features = tokens.features.float()
+        if all(end - start == 1 for start, end in spans):  # one string per report: merge in place
+            merged = merge_subwords(features, tokens.tokens, torch.tensor(keep, device=features.device))
+            return MergedWords(self.word_proj(merged.features), merged.mask, merged.words)
+        # reports given as sentences: each sentence was encoded on its own; concatenate their kept tokens
+        rows = [[(i, t) for i in range(start, end) for t, k in enumerate(keep[i]) if k] for start, end in spans]
+        length = max(1, max(len(r) for r in rows))
+        joined = features.new_zeros(len(rows), length, features.shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.bool, device=features.device)
+        pad = str(encoder.tokenizer.pad_token)
+        strings = []
+        for b, row in enumerate(rows):
+            if row:
+                index = torch.tensor(row, device=features.device)
+                joined[b, :len(row)] = features[index[:, 0], index[:, 1]]
+                mask[b, :len(row)] = True
+            strings.append([tokens.tokens[i][t] for i, t in row] + [pad] * (length - len(row)))
+        merged = merge_subwords(joined, strings, mask)
         return MergedWords(self.word_proj(merged.features), merged.mask, merged.words)
 
     def _image_map(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor], Tuple[int, int]]:
@@ -147,8 +180,9 @@ class GloriaModule(AlignmentModule):
             out = super().compute_loss(batch)
         finally:
             self._pooled = None
-        words = self.word_features(batch[self.input_key(self.text_modality)])
-        local = self.local_loss(words.features, words.mask, self.region_proj(regions.float()))
+        k = len(regions) if self.local_batch is None else min(self.local_batch, len(regions))
+        words = self.word_features(list(batch[self.input_key(self.text_modality)])[:k])
+        local = self.local_loss(words.features, words.mask, self.region_proj(regions[:k].float()))
         out["loss"] = out["loss"] + self.local_weight * local.loss
         out["gloria_local/loss"] = local.loss.detach()
         for k, v in local.metrics.items():
