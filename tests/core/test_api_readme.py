@@ -45,3 +45,12 @@ def test_loaded_model_matches_checkpoint_embeddings(exported_tiny_model: Path, s
     # retrieval and zero-shot agree with the embeddings they are built on
     hits = loaded.retrieve(z, z, k=1)
     assert hits.indices.flatten().tolist() == [0, 1, 2]
+
+
+def test_a_text_given_as_sentences_is_embedded_as_their_mean(exported_tiny_model: Path) -> None:
+    loaded = alignkit.load(exported_tiny_model)
+    sentences = ["a tiny red heart.", "it is at the top."]
+    with torch.no_grad():
+        ref = loaded.module.embed("text", [sentences])  # the module's own sentence-list path
+    assert torch.allclose(loaded.embed("text", [sentences]), ref, atol=1e-6)
+    assert not torch.allclose(loaded.embed("text", [str(sentences)]), ref, atol=1e-3)

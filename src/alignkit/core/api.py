@@ -102,8 +102,8 @@ class AlignedModel:
         if isinstance(inputs, str):
             inputs = [inputs]
         items = list(inputs)
-        if _text_encoder(self.module.towers[modality]) is not None:
-            return [str(t) for t in items]
+        if _text_encoder(self.module.towers[modality]) is not None:  # a text, or a text as its sentences
+            return [t if isinstance(t, str) else [str(s) for s in t] for t in items]
         if items and isinstance(items[0], Tensor):
             return torch.stack(items).to(self.device)
         return torch.stack([self._image_tensor(i) for i in items]).to(self.device)
