@@ -17,13 +17,15 @@ Every task takes splits as datasets (or DataLoaders, whose ``dataset`` is used) 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -500,6 +502,16 @@ class BenchTable:
     def __init__(self) -> None:
         self.rows: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {}
         self.per_class: Dict[str, Dict[str, Dict[str, float]]] = {}  # metric -> method -> class -> value
+        self.seconds: Dict[str, Dict[str, float]] = {}  # method -> task -> wall-clock seconds
+
+    @contextlib.contextmanager
+    def timed(self, method: str, task: str) -> Iterator[None]:
+        """Record the wall-clock seconds of the ``with`` block as ``seconds[method][task]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds.setdefault(method, {})[task] = time.perf_counter() - start
 
     def add_per_class(self, method: str, metric: str, values: Mapping[str, float]) -> None:
         """Per-class values of ``metric`` (e.g. AUROC per finding) for ``method``; ``"mean"`` is left out."""
@@ -588,6 +600,8 @@ class BenchXConfig:
     segmentation_epochs: int = 20
     segmentation_lr: float = 1e-3
     segmentation_fraction: float = 1.0  # of the training images (label_subset of the classification labels)
+    segmentation_output_stride: int = 1  # decoder resolution S / stride, logits resized to S
+    generation_max_reports: Optional[int] = None  # score generation on the first N test images (None: all)
     generation_epochs: int = 20
     generation_lr: float = 1e-3
     generation_max_length: int = 96  # report words + <bos>/<eos>; longer reports are cut
@@ -623,40 +637,47 @@ def run_benchx(methods: Mapping[str, Any], train: Split, val: Split, test: Split
         encoder = image_encoder_of(model, cfg.image_modality)
         method_dir = None if out_dir is None else Path(out_dir) / name
         if "classification" in cfg.tasks:
-            results = finetune_classification(
-                encoder, train, val, test, cfg.fractions, cfg.seeds, cfg.epochs, cfg.lr, cfg.batch_size,
-                cfg.patience, freeze_encoder=cfg.freeze_encoder, class_names=cfg.class_names, out_dir=method_dir)
-            for fraction, summary in summarize(results).items():
-                table.add(name, f"cls_auroc@{_percent(fraction)}%", *summary["auroc"])
-                table.add(name, f"cls_f1@{_percent(fraction)}%", *summary["f1"])
-                runs = [r for r in results.runs if r.fraction == fraction]
-                table.add_per_class(name, f"cls_auroc@{_percent(fraction)}%",
-                                    {c: mean_std([r.test_auroc_per_class[c] for r in runs])[0]
-                                     for c in results.class_names})
+            with table.timed(name, "classification"):
+                results = finetune_classification(
+                    encoder, train, val, test, cfg.fractions, cfg.seeds, cfg.epochs, cfg.lr, cfg.batch_size,
+                    cfg.patience, freeze_encoder=cfg.freeze_encoder, class_names=cfg.class_names, out_dir=method_dir)
+                for fraction, summary in summarize(results).items():
+                    table.add(name, f"cls_auroc@{_percent(fraction)}%", *summary["auroc"])
+                    table.add(name, f"cls_f1@{_percent(fraction)}%", *summary["f1"])
+                    runs = [r for r in results.runs if r.fraction == fraction]
+                    table.add_per_class(name, f"cls_auroc@{_percent(fraction)}%",
+                                        {c: mean_std([r.test_auroc_per_class[c] for r in runs])[0]
+                                         for c in results.class_names})
         if "zero_shot" in cfg.tasks:
-            zs = zero_shot_multilabel(model, test, cfg.prompts, cfg.text_modality, cfg.image_modality,
-                                      batch_size=cfg.batch_size, out_dir=method_dir)
-            table.add(name, "zero_shot_auroc", zs.auroc["mean"])
-            table.add_per_class(name, "zero_shot_auroc", zs.auroc)
+            with table.timed(name, "zero_shot"):
+                zs = zero_shot_multilabel(model, test, cfg.prompts, cfg.text_modality, cfg.image_modality,
+                                          batch_size=cfg.batch_size, out_dir=method_dir)
+                table.add(name, "zero_shot_auroc", zs.auroc["mean"])
+                table.add_per_class(name, "zero_shot_auroc", zs.auroc)
         if "retrieval" in cfg.tasks:
-            ret = retrieval_report_image(model, test, cfg.num_candidates, cfg.ks, cfg.image_modality,
-                                         cfg.text_modality, batch_size=cfg.batch_size)
-            table.add_metrics(name, {k: v for k, v in ret.items() if "R@" in k})
+            with table.timed(name, "retrieval"):
+                ret = retrieval_report_image(model, test, cfg.num_candidates, cfg.ks, cfg.image_modality,
+                                             cfg.text_modality, batch_size=cfg.batch_size)
+                table.add_metrics(name, {k: v for k, v in ret.items() if "R@" in k})
         if "segmentation" in cfg.tasks and has_masks:
-            seg = finetune_segmentation(encoder, train, val, test, class_names=getattr(as_dataset(train),
-                                                                                   "mask_classes", None),
-                                        epochs=cfg.segmentation_epochs, lr=cfg.segmentation_lr,
-                                        patience=cfg.patience, fraction=cfg.segmentation_fraction)
-            table.add(name, "seg_dice", seg.dice["mean"])
-            table.add(EMPTY_BASELINE, "seg_dice", seg.empty_baseline["mean"])
-            table.add_per_class(name, "seg_dice", seg.dice)
-            table.add_per_class(EMPTY_BASELINE, "seg_dice", seg.empty_baseline)
+            with table.timed(name, "segmentation"):
+                seg = finetune_segmentation(encoder, train, val, test, class_names=getattr(as_dataset(train),
+                                                                                       "mask_classes", None),
+                                            epochs=cfg.segmentation_epochs, lr=cfg.segmentation_lr,
+                                            patience=cfg.patience, fraction=cfg.segmentation_fraction,
+                                            output_stride=cfg.segmentation_output_stride)
+                table.add(name, "seg_dice", seg.dice["mean"])
+                table.add(EMPTY_BASELINE, "seg_dice", seg.empty_baseline["mean"])
+                table.add_per_class(name, "seg_dice", seg.dice)
+                table.add_per_class(EMPTY_BASELINE, "seg_dice", seg.empty_baseline)
         if "generation" in cfg.tasks:
-            gen = evaluate_report_generation(encoder, train, test, epochs=cfg.generation_epochs,
-                                             lr=cfg.generation_lr, batch_size=cfg.batch_size,
-                                             max_length=cfg.generation_max_length)
-            table.add_metrics(name, gen.decoder, prefix="gen_")
-            table.add_metrics(name, gen.retrieval, prefix="gen_retrieval_")
+            with table.timed(name, "generation"):
+                gen = evaluate_report_generation(encoder, train, test, epochs=cfg.generation_epochs,
+                                                 lr=cfg.generation_lr, batch_size=cfg.batch_size,
+                                                 max_length=cfg.generation_max_length,
+                                                 max_reports=cfg.generation_max_reports)
+                table.add_metrics(name, gen.decoder, prefix="gen_")
+                table.add_metrics(name, gen.retrieval, prefix="gen_retrieval_")
     if out_dir is not None:
         table.write(out_dir)
     return table

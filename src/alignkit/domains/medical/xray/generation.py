@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from alignkit.domains.medical.metrics import bleu_scores, report_tokens, rouge_l
-from alignkit.domains.medical.xray.benchx import Split, checked_batches, encode_images, sample_loader
+from alignkit.domains.medical.xray.benchx import Split, as_dataset, checked_batches, encode_images, sample_loader
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
@@ -182,10 +182,14 @@ class GenerationResult:
 
 def evaluate_report_generation(encoder: nn.Module, train: Split, test: Split, epochs: int = 20, lr: float = 1e-3,
                                batch_size: int = 32, d_model: int = 128, num_layers: int = 2,
-                               max_length: int = 64, min_count: int = 1, seed: int = 0) -> GenerationResult:
+                               max_length: int = 64, min_count: int = 1, seed: int = 0,
+                               max_reports: Optional[int] = None) -> GenerationResult:
     """Train a :class:`ReportDecoder` on the frozen ``encoder``'s tokens of ``train`` (vocabulary from the
     train reports) and generate the ``test`` reports greedily; the baseline retrieves the report of the
-    nearest train image by the encoder's pooled features."""
+    nearest train image by the encoder's pooled features. ``max_reports``: score the first that many test
+    images only (greedy decoding without a key/value cache costs ~``max_length / 2`` training epochs of them)."""
+    if max_reports is not None and max_reports < len(as_dataset(test)):
+        test = Subset(as_dataset(test), range(max_reports))
     train_reports, references = dataset_reports(train), dataset_reports(test)
     train_tokens, test_tokens = (encode_images(encoder, s, batch_size, tokens=True) for s in (train, test))
     torch.manual_seed(seed)
