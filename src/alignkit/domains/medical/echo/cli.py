@@ -1,0 +1,42 @@
+"""``alignkit interpret STUDY_DIR [--model DIR] [--index PATH] [-k K] [--attention-png PATH]``: print a study's
+assembled report with its evidence (:func:`~alignkit.domains.medical.echo.interpret.interpret_study`).
+
+``STUDY_DIR`` is a folder of one study's videos (AVI/MP4/DICOM). ``--model``: a run folder or an exported model
+folder of an ``echo-clip`` model (default ``runs/demo-echo/run``, where ``alignkit demo echo`` trains);
+``--index``: its report index folder (default ``MODEL/echo_index``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alignkit.core.registry import COMMANDS
+
+DEFAULT_MODEL = Path("runs") / "demo-echo" / "run"
+
+
+def run_interpret(args: argparse.Namespace) -> int:
+    from alignkit.domains.medical.echo.evaluate import plot_section_attention
+    from alignkit.domains.medical.echo.interpret import INDEX_DIR, ReportIndex, interpret_study, load_echo_model
+    model_dir = Path(args.model)
+    index = ReportIndex.load(Path(args.index) if args.index else model_dir / INDEX_DIR)
+    result = interpret_study(load_echo_model(model_dir), index, args.study_dir, k=args.k)
+    print(f"STUDY: {args.study_dir}")
+    print(result.format())
+    if args.attention_png and result.attention is not None:
+        labels = [f"{n} ({v})" for n, v in zip(result.videos, result.views)]
+        path = plot_section_attention(result.attention, result.attention_sections, labels, args.attention_png)
+        print(f"attention: {path}")
+    return 0
+
+
+@COMMANDS.register("interpret")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("interpret", help="interpret an echo study: its report from retrieved training studies")
+    sp.add_argument("study_dir", help="a folder of one study's videos (AVI/MP4/DICOM)")
+    sp.add_argument("--model", default=str(DEFAULT_MODEL), help=f"run or exported model folder (default "
+                                                               f"{DEFAULT_MODEL})")
+    sp.add_argument("--index", help="report index folder (default MODEL/echo_index)")
+    sp.add_argument("-k", type=int, default=5, help="training studies retrieved for EF and findings")
+    sp.add_argument("--attention-png", help="write the study's section attention over its videos here")
+    sp.set_defaults(func=run_interpret)
