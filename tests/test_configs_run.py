@@ -17,6 +17,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_DATA: Dict[str, Callable[[pytest.FixtureRequest], List[str]]] = {
     "paired-csv": lambda request: [f"data.params.root={request.getfixturevalue('shapes_tiny')}"],
     "cxr": lambda request: [f"data.params.root={request.getfixturevalue('cxr_tiny')}", "data.params.image_size=64"],
+    "echo-studies": lambda request: [f"data.params.root={__import__('alignkit.domains.medical.echo.synthetic', fromlist=['_']).write_synthetic_echo(request.getfixturevalue('tmp_path') / 'echo', 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))}", "data.params.image_size=32", "data.params.num_frames=4"],
+    "modelnet40": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.synthetic', fromlist=['_']).write_synthetic_modelnet(request.getfixturevalue('tmp_path') / 'modelnet', 1, 1).root}", "data.params.num_points=1024", "data.params.surface_points=2048", "data.params.image_size=32", "data.params.num_views=2", f"data.params.cache_dir={request.getfixturevalue('tmp_path') / 'cache'}"],
+    "rgbd-frames": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.rgbd', fromlist=['_']).write_synthetic_scenes(request.getfixturevalue('tmp_path') / 'scenes', 4, 4, image_size=32, split_fractions=(3, 0, 1)).root}", "data.params.num_points=256"],
 }
 
 # one step on one CPU process; the config's model, losses, optimiser and precision stay as published

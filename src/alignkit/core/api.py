@@ -157,9 +157,10 @@ class AlignedModel:
         model_class = model_cfg.pop("name", "alignment")
         model_params = model_cfg.pop("params", {})
         model_cfg["ema"] = {"enabled": False}
+        from alignkit.core.encoders import TextEncoder
         for name, tower in self.module.towers.items():
             enc = _text_encoder(tower)
-            if enc is None:
+            if not isinstance(getattr(enc, "module", enc), TextEncoder):  # other towers keep their spec (paths)
                 continue
             sub = f"{name}_text"
             enc.tokenizer.save_pretrained(out / sub)

@@ -689,7 +689,8 @@ class RetrievalEvaluator:
 class ZeroShotEvaluator:
     """Zero-shot classification with prompt-ensemble class embeddings (:func:`class_embeddings`).
 
-    Single-label: ``zero_shot/top{k}``, ``zero_shot/mean_per_class_acc`` and
+    Single-label: ``zero_shot/top{k}``, ``zero_shot/mean_per_class_acc``, with ``per_class`` also
+    ``zero_shot/acc/<class>`` (:func:`per_class_accuracy`, NaN for classes absent from the split), and
     ``zero_shot_confusion.png``. Multi-label (labels (C,) per item in {0, 1, -1}):
     ``zero_shot/auroc_mean``, ``zero_shot/auroc/<class>`` and ``zero_shot_roc.png``.
     Class names default to the test dataset's ``class_names`` attribute.
@@ -698,8 +699,9 @@ class ZeroShotEvaluator:
     def __init__(self, modality: str = "image", text_modality: str = "text",
                  class_names: Optional[List[str]] = None, templates: Sequence[str] = ("{}",),
                  label_key: str = "label", multilabel: bool = False, ks: Sequence[int] = (1, 5),
-                 progress: bool = True):
+                 per_class: bool = False, progress: bool = True):
         self.modality, self.text_modality = modality, text_modality
+        self.per_class = per_class
         self.class_names, self.templates = class_names, list(templates)
         self.label_key, self.multilabel, self.ks, self.progress = label_key, multilabel, tuple(ks), progress
 
@@ -712,6 +714,9 @@ class ZeroShotEvaluator:
                                        names, self.templates)
         scores = zero_shot_predict(out[self.modality], classes)
         metrics = classification_metrics(scores, labels, multilabel=self.multilabel, ks=self.ks, class_names=names)
+        if self.per_class and not self.multilabel:
+            accuracy = per_class_accuracy(scores.argmax(1), labels, len(names))
+            metrics.update({f"acc/{name}": float(a) for name, a in zip(names, accuracy)})
         _classification_plots(scores, labels, names, self.multilabel, Path(out_dir) / "zero_shot")
         return _prefixed("zero_shot", metrics)
 

@@ -215,12 +215,13 @@ def test_load_encoder_weights_from_a_pretraining_checkpoint(tmp_path: Path):
     path = tmp_path / "pre.ckpt"
     torch.save({"state_dict": pre.state_dict()}, path)
     seg = seg_model(pretrained=str(path))
+    assert seg.load_pretrained() == len(pre.towers["points"].encoder.state_dict())
     for key, value in pre.towers["points"].encoder.state_dict().items():
         torch.testing.assert_close(seg.towers["points"].encoder.state_dict()[key], value)
     with pytest.raises(ConfigError, match=r"no weights under 'towers.cloud.encoder.'.*towers.points.encoder."):
         load_encoder_weights(seg.towers["points"].encoder, str(path), "towers.cloud.encoder.")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        seg_model(pretrained=str(tmp_path / "missing.ckpt"))
+        seg_model(pretrained=str(tmp_path / "missing.ckpt")).load_pretrained()
 
 
 @pytest.mark.slow

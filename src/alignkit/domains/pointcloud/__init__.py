@@ -1,2 +1,3 @@
 """Point-cloud domain (issue 5): point ops, readers, rendering, PointNet++ / Point-BERT towers, ULIP, Text4Point."""
-from alignkit.domains.pointcloud import data, models, rgbd, segmentation, text4point  # noqa: F401  (registrations)
+from alignkit.domains.pointcloud import (data, demo, evaluate, models, rgbd, segmentation,  # noqa: F401
+                                         text4point, ulip)  # (registrations)

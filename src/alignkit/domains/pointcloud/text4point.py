@@ -336,7 +336,7 @@ class Text4PointSegmentation(AlignmentModule):
         num_heads, ffn_ratio, dropout, tqm_dim, init_temperature, learnable_temperature: of the TQM
             (``tqm_dim``: its ``embed_dim``).
         pretrained: a pretraining checkpoint (``.ckpt`` / ``.safetensors``) whose ``pretrained_prefix``
-            entries initialise the point encoder.
+            entries initialise the point encoder when a fit starts from step 0 (:meth:`on_fit_start`).
         seg_weight: weight of the cross-entropy; ``ignore_index``: label of unlabeled points.
 
     Batches need ``seg (B, N)`` and ``class_names`` (every sample the same list). Logged: ``seg/loss``,
@@ -364,8 +364,20 @@ class Text4PointSegmentation(AlignmentModule):
                                       num_heads=num_heads, ffn_ratio=ffn_ratio, dropout=dropout,
                                       init_temperature=init_temperature, learnable_temperature=learnable_temperature)
         self._label_cache: Dict[Tuple[str, ...], Tensor] = {}
-        if pretrained is not None:
-            load_encoder_weights(self.towers[points].encoder, pretrained, pretrained_prefix)
+        self.pretrained, self.pretrained_prefix = pretrained, pretrained_prefix
+
+    def load_pretrained(self) -> int:
+        """Copy the ``pretrained`` checkpoint's point encoder into this model; returns the entries loaded (0 without
+        ``pretrained``)."""
+        if self.pretrained is None:
+            return 0
+        return load_encoder_weights(self.towers[self.point_modality].encoder, self.pretrained, self.pretrained_prefix)
+
+    def on_fit_start(self) -> None:
+        """Initialise the point encoder from ``pretrained`` when a fit starts from step 0 (not when resuming, and
+        never when a model is rebuilt from saved weights, so an exported model does not need the checkpoint)."""
+        if self.trainer.global_step == 0:
+            self.load_pretrained()
 
     def label_embeddings(self, class_names: Sequence[str]) -> Tensor:
         """``(K, T)`` normalised prompt-ensemble embeddings of the label set (cached per label set, on CPU)."""
