@@ -1,0 +1,6 @@
+"""Robotics models: Voltron representations (``voltron``), the GR-1 policy (``gr1``), the language-conditioned
+behaviour-cloning baseline (``bc``) and their attention blocks (``perceiver``).
+
+Importing ``voltron``, ``gr1`` and ``bc`` registers ``MODELS`` ``"voltron"``, ``"gr1"``, ``"lcbc"`` and
+``ENCODERS`` ``"voltron"``, ``"voltron-pretrained"`` (the domain package imports them).
+"""

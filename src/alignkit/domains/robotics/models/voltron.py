@@ -1,0 +1,444 @@
+"""Voltron (Karamcheti et al., RSS 2023): language-driven representation learning for robotics.
+
+A ViT encodes the patches of one or two frames *jointly* with the token features of a caption from a frozen
+text tower of the core (``minilm-l6`` by default): the sequence is ``[frame patches; projected language
+tokens]`` and the encoder's visual outputs are the representation. Pretraining is masked autoencoding (MAE):
+a random ``mask_ratio`` of the patches (the same patches in every frame) is dropped before the encoder and a
+small decoder reconstructs the pixels of the dropped ones.
+
+- ``v-cond``: one frame (the current one), language in the encoder.
+- ``v-dual``: two frames of one episode (initial and current) with learned frame embeddings, one encoder.
+- ``v-gen``: as ``v-dual``, and for a ``gen_ratio`` share of the examples the encoder gets a blank caption
+  and the decoder generates the caption instead: its language positions hold the caption's non-contextual
+  token embeddings under a prefix mask (patches see patches; token ``l`` sees all patches and tokens ``<= l``)
+  and predict token ``l + 1``.
+
+Loss: ``L = L_rec + lm_weight * L_lm`` with ``L_rec`` the mean over frames of :func:`patch_mse` between the
+decoder's prediction and the per-patch normalised target pixels on the masked patches, and ``L_lm`` the
+next-token cross-entropy of the generation examples (:func:`next_token_loss`; zero for ``v-cond``/``v-dual``).
+
+Downstream, :meth:`VoltronEncoder.extract_features` gives ``(B, N, C)`` patch features of unmasked frames
+(optionally conditioned on an instruction); :meth:`VoltronEncoder.export` writes them as safetensors for
+frozen use (``ENCODERS`` ``"voltron-pretrained"``).
+
+Sizes. The defaults are tiny, for CPUs (64 px, patch 8, width 96, depth 4; decoder 64 x 2). The paper's
+models (224 px, patch 16, language from DistilBERT, at most 20 tokens): ViT-Small encoder width 384, depth 12,
+6 heads with a decoder of width 192, depth 6, 6 heads; ViT-Base encoder 768/12/12 with decoder 512/8/16;
+``mask_ratio`` 0.75, ``gen_ratio`` 0.5, ``lm_weight`` 0.5, AdamW betas (0.9, 0.95), weight decay 0.05, learning
+rate 1.5e-4 * batch / 256 with warm-up and cosine decay. The paper's blocks use RMSNorm, SwiGLU and LayerScale;
+these use LayerNorm and GELU.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignkit.core.encoders import build_encoder, check_choice, freeze
+from alignkit.core.module import warmup_cosine
+from alignkit.core.registry import ENCODERS, MODELS, ConfigError
+from alignkit.domains.robotics.models.perceiver import Transformer
+
+VARIANTS = ("v-cond", "v-dual", "v-gen")
+IMAGE_KEY_PREFIX = "observation.images."
+EXPORT_FORMAT = "alignkit-voltron-encoder"
+TextSpec = Union[str, Mapping[str, Any]]
+
+
+# =========================================================================== MAE pieces (shared with GR-1)
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """``(..., C, H, W) -> (..., N, p * p * C)``: row-major ``p x p`` patches (``N = H W / p^2``), each flattened
+    in ``(p_row, p_col, C)`` order."""
+    *lead, c, h, w = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
+    x = images.reshape(*lead, c, h // p, p, w // p, p)
+    x = x.movedim(-5, -1)  # (..., h/p, p, w/p, p, C)
+    x = x.transpose(-4, -3)  # (..., h/p, w/p, p, p, C)
+    return x.reshape(*lead, (h // p) * (w // p), p * p * c)
+
+
+def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-patch standardisation of MAE targets: ``(x - mean(x)) / sqrt(var(x) + eps)`` over the last dim
+    (unbiased variance)."""
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, unbiased=True, keepdim=True)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+def patch_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Masked-patch pixel loss ``sum_n w_n * mean_d (pred_nd - target_nd)^2 / sum_n w_n``.
+
+    ``pred``, ``target``: ``(..., N, D)``; ``weight``: ``(..., N)`` 0/1 (1 on the patches that count: the masked ones
+    for MAE, the valid steps for frame prediction). Zero when no weight is positive."""
+    per_patch = (pred - target).pow(2).mean(-1)
+    w = weight.to(per_patch.dtype)
+    return (per_patch * w).sum() / w.sum().clamp_min(1.0)
+
+
+def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2-D sine-cosine embedding ``(grid_h * grid_w, dim)`` in row-major order: the first half of the
+    channels encodes the row, the second the column, each as ``[sin(pos * w_k), cos(pos * w_k)]`` with
+    ``w_k = 10000^(-k / (dim / 4))``, ``k < dim / 4``."""
+    if dim % 4:
+        raise ConfigError(f"the 2-D sine-cosine position embedding needs a width divisible by 4; got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
+                                indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+def random_patch_mask(batch: int, num_patches: int, mask_ratio: float,
+                      device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+    """Per-sample random masking: ``keep`` ``(B, n_keep)`` indices of the visible patches (ascending) and ``mask``
+    ``(B, N)`` bool, True on the ``N - n_keep`` masked patches, with ``n_keep = int(N * (1 - mask_ratio))``."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ConfigError(f"mask_ratio must be in [0, 1); got {mask_ratio}")
+    n_keep = max(1, int(num_patches * (1.0 - mask_ratio)))
+    order = torch.rand(batch, num_patches, device=device).argsort(dim=1)
+    keep = order[:, :n_keep].sort(dim=1).values
+    mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
+    mask.scatter_(1, keep, False)
+    return keep, mask
+
+
+def next_token_loss(logits: Tensor, ids: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
+    """Caption generation loss: position ``l`` predicts token ``l + 1``.
+
+    ``logits`` ``(B, L, V)``, ``ids`` ``(B, L)``, ``mask`` ``(B, L)`` (True at real tokens), ``weight`` ``(B,)``.
+    Per example the mean cross-entropy over its real target tokens ``ids[:, 1:]``; then the ``weight``-weighted
+    mean over examples (zero when all weights are zero)."""
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, L-1)
+    m = mask[:, 1:].to(ce.dtype)
+    per_example = (ce * m).sum(1) / m.sum(1).clamp_min(1.0)
+    w = weight.to(ce.dtype)
+    return (per_example * w).sum() / w.sum().clamp_min(1e-8)
+
+
+# =========================================================================== optimiser (shared with the policies)
+def configure_adamw(module: L.LightningModule, optim: Mapping[str, Any]) -> Dict[str, Any]:
+    """AdamW over the trainable parameters (no weight decay on tensors with fewer than 2 dims: biases, norms,
+    learned tokens) with linear warm-up then cosine decay over the run's optimiser steps
+    (:func:`alignkit.core.module.warmup_cosine`). ``optim`` keys: ``lr`` (1e-3), ``weight_decay`` (0.05),
+    ``betas`` ((0.9, 0.95)), ``eps`` (1e-8), ``warmup_steps`` (0), ``min_lr_ratio`` (0.0)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(optim.get("weight_decay", 0.05))},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=float(optim.get("lr", 1e-3)), betas=tuple(optim.get("betas", (0.9, 0.95))),
+                            eps=float(optim.get("eps", 1e-8)))
+    total = int(module.trainer.estimated_stepping_batches) if module._trainer is not None else 1
+    warm, min_ratio = int(optim.get("warmup_steps", 0)), float(optim.get("min_lr_ratio", 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, min_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def frozen_text_tower(spec: TextSpec) -> nn.Module:
+    """A frozen core text encoder (``ENCODERS`` name or ``{"name", "params"}``) that memoises per-string outputs."""
+    return freeze(build_encoder(spec, where="text_encoder", cache=True))
+
+
+def camera_frames(batch: Mapping[str, Any], cameras: Optional[Sequence[str]]) -> Dict[str, Tensor]:
+    """``{camera: (B, T, C, H, W)}`` from the ``observation.images.<camera>`` keys of a dataset batch (all of
+    them when ``cameras`` is None); a missing camera raises naming the keys present."""
+    present = sorted(k[len(IMAGE_KEY_PREFIX):] for k in batch if k.startswith(IMAGE_KEY_PREFIX))
+    wanted = list(cameras) if cameras else present
+    missing = [c for c in wanted if c not in present]
+    if missing or not wanted:
+        raise KeyError(f"batch lacks image keys {[IMAGE_KEY_PREFIX + c for c in missing] or '(any)'}; it has "
+                       f"cameras {present}: set cameras to some of these")
+    return {c: batch[IMAGE_KEY_PREFIX + c] for c in wanted}
+
+
+# =========================================================================== encoder
+@ENCODERS.register("voltron")
+class VoltronEncoder(nn.Module):
+    """The Voltron ViT: frames and a caption in, visual token features out.
+
+    Args:
+        img_size, patch_size, in_channels: input frames are ``(C, img_size, img_size)`` cut into
+            ``N = (img_size / patch_size)^2`` patches.
+        width, depth, heads, mlp_ratio: the transformer.
+        num_frames: 1 (``v-cond``) or 2 (``v-dual``, ``v-gen``: initial and current frame).
+        text_encoder: a frozen core text encoder (``ENCODERS`` name or spec) giving token features.
+        max_lang_tokens: captions are cut to this many tokens (special tokens included).
+
+    Token ``n`` of frame ``f`` is ``E x_{f,n} + pos_n + frame_f + image_type``; a language token is
+    ``W_l h_l + lang_type``. ``output_dim`` is ``width``.
+    """
+
+    def __init__(self, img_size: int = 64, patch_size: int = 8, in_channels: int = 3, width: int = 96, depth: int = 4,
+                 heads: int = 4, mlp_ratio: float = 4.0, num_frames: int = 1, text_encoder: TextSpec = "minilm-l6",
+                 max_lang_tokens: int = 20):
+        super().__init__()
+        if img_size % patch_size:
+            raise ConfigError(f"voltron img_size {img_size} must be a multiple of patch_size {patch_size}")
+        check_choice(num_frames, (1, 2), "voltron num_frames")
+        self.config = dict(img_size=img_size, patch_size=patch_size, in_channels=in_channels, width=width, depth=depth,
+                           heads=heads, mlp_ratio=mlp_ratio, num_frames=num_frames, text_encoder=text_encoder,
+                           max_lang_tokens=max_lang_tokens)
+        self.img_size, self.patch_size, self.in_channels = img_size, patch_size, in_channels
+        self.num_frames, self.max_lang_tokens = num_frames, max_lang_tokens
+        self.grid = img_size // patch_size
+        self.output_dim = width
+        self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
+        self.register_buffer("pos_embed", sincos_position_embedding(width, self.grid, self.grid), persistent=False)
+        self.frame_embed = nn.Parameter(torch.randn(num_frames, width) * 0.02)
+        self.image_type = nn.Parameter(torch.randn(width) * 0.02)
+        self.lang_type = nn.Parameter(torch.randn(width) * 0.02)
+        self.text = frozen_text_tower(text_encoder)
+        self.lang_proj = nn.Linear(int(self.text.output_dim), width)
+        self.transformer = Transformer(width, depth, heads, mlp_ratio)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def language(self, texts: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """Projected token features ``(B, L, width)`` and mask ``(B, L)`` of ``texts`` (``L <= max_lang_tokens``);
+        the empty string is the blank caption (``[CLS] [SEP]``)."""
+        tokens = self.text.encode_tokens(list(texts))
+        feats = tokens.features[:, :self.max_lang_tokens].to(self.lang_proj.weight)
+        return self.lang_proj(feats) + self.lang_type, tokens.mask[:, :self.max_lang_tokens].to(feats.device)
+
+    def embed_frames(self, frames: Tensor) -> Tensor:
+        """``(B, F, C, H, W)`` frames in [0, 1] -> ``(B, F, N, width)`` patch tokens with positions, frame and type
+        embeddings (``F == num_frames``)."""
+        if frames.ndim != 5 or frames.shape[1] != self.num_frames or frames.shape[2] != self.in_channels:
+            raise ValueError(f"voltron expects frames (B, {self.num_frames}, {self.in_channels}, H, W); "
+                             f"got {tuple(frames.shape)}")
+        if tuple(frames.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f"voltron was built for {self.img_size}x{self.img_size} frames; got "
+                             f"{tuple(frames.shape[-2:])}: resize them (LeRobotDataset image_size) or set img_size")
+        b, f = frames.shape[:2]
+        x = self.patch_embed(frames.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*F, N, W)
+        x = x.view(b, f, self.num_patches, -1) + self.pos_embed
+        return x + self.frame_embed[:, None] + self.image_type
+
+    def encode(self, visual: Tensor, lang: Tensor, lang_mask: Tensor) -> Tensor:
+        """Joint encoding of ``[visual (B, M, W); lang (B, L, W)]`` (language padding hidden as keys); returns the
+        visual outputs ``(B, M, W)``."""
+        keys = torch.cat([lang_mask.new_ones(visual.shape[:2]), lang_mask], dim=1)[:, None]  # (B, 1, M + L)
+        return self.transformer(torch.cat([visual, lang], dim=1), keys)[:, :visual.shape[1]]
+
+    def extract_features(self, frames: Tensor, instruction: Union[None, str, Sequence[str]] = None) -> Tensor:
+        """Patch features ``(B, N, width)`` of the last frame, with nothing masked.
+
+        ``frames``: ``(B, C, H, W)`` or ``(B, F, C, H, W)`` in [0, 1]; a two-frame encoder given one frame uses it
+        as both initial and current frame. ``instruction``: None (blank caption), one string for the batch, or
+        one per sample."""
+        if frames.ndim == 4:
+            frames = frames.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
+        b = frames.shape[0]
+        texts = [""] * b if instruction is None else [instruction] * b if isinstance(instruction, str) \
+            else list(instruction)
+        if len(texts) != b:
+            raise ValueError(f"{len(texts)} instructions for {b} frames")
+        lang, lang_mask = self.language(texts)
+        tokens = self.embed_frames(frames)
+        out = self.encode(tokens.flatten(1, 2), lang, lang_mask)
+        return out[:, -self.num_patches:]
+
+    def forward_tokens(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, N, width)``: :meth:`extract_features` without an instruction."""
+        return self.extract_features(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, width)``: the mean of the patch features."""
+        return self.forward_tokens(images).mean(1)
+
+    # ------------------------------------------------------------------ export
+    def export(self, folder: Union[str, Path]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (every weight but the frozen text tower, which is rebuilt
+        from its spec on load, so it must be pretrained: a randomly initialised ``hf-text`` ``config`` is refused)."""
+        spec = self.config["text_encoder"]
+        if isinstance(spec, Mapping) and "config" in (spec.get("params") or {}):
+            raise ConfigError("voltron export: the text tower is randomly initialised (hf-text config=...), so it "
+                              "could not be rebuilt on load; use a pretrained text_encoder (e.g. minilm-l6)")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"format": EXPORT_FORMAT, "params": self.config}, indent=2))
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("text.")}
+        save_file(weights, str(folder / "model.safetensors"))
+        return folder
+
+
+@ENCODERS.register("voltron-pretrained")
+def load_voltron_encoder(path: str) -> VoltronEncoder:
+    """A :class:`VoltronEncoder` from a folder written by :meth:`VoltronEncoder.export` (in eval mode)."""
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} holds no config.json: give a folder written by VoltronEncoder.export "
+                                f"(VoltronModule.export_encoder)")
+    meta = json.loads(config_file.read_text())
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ConfigError(f"{config_file} is not a Voltron encoder export (format {meta.get('format')!r})")
+    encoder = VoltronEncoder(**meta["params"])
+    missing, unexpected = encoder.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    bad = [k for k in missing if not k.startswith("text.")] + list(unexpected)
+    if bad:
+        raise ConfigError(f"{folder / 'model.safetensors'} does not match its config.json: keys {bad[:5]}")
+    return encoder.eval()
+
+
+# =========================================================================== pretraining module
+@dataclass
+class VoltronOutput:
+    """``loss = reconstruction + lm_weight * language``; ``predictions`` ``(B, F, N, p*p*C)`` (normalised-pixel
+    space), ``mask`` ``(B, N)`` True on masked patches, ``generate`` ``(B,)`` True on caption-generation examples."""
+
+    loss: Tensor
+    reconstruction: Tensor
+    language: Tensor
+    predictions: Tensor
+    mask: Tensor
+    generate: Tensor
+
+
+@MODELS.register("voltron")
+class VoltronModule(L.LightningModule):
+    """Voltron pretraining (see the module docstring) on ``LeRobotDataset`` windows.
+
+    A batch holds ``observation.images.<camera>`` ``(B, T, C, H, W)`` and ``task`` (``B`` captions). ``v-cond``
+    uses the window's last frame; ``v-dual``/``v-gen`` its first and last (the first is the episode's first
+    frame when the window reaches back before the start: the dataset pads with it). Every camera in
+    ``cameras`` (default: all in the batch) gives its own examples. ``optim``: see :func:`configure_adamw`.
+    ``norm_pixel_loss`` standardises each target patch (MAE); turn it off for images made of flat patches
+    (BabyAI's symbolic view), whose standardised targets are all zero and teach nothing.
+    """
+
+    def __init__(self, variant: str = "v-cond", img_size: int = 64, patch_size: int = 8, in_channels: int = 3,
+                 width: int = 96, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, decoder_width: int = 64,
+                 decoder_depth: int = 2, decoder_heads: int = 4, mask_ratio: float = 0.75,
+                 text_encoder: TextSpec = "minilm-l6", max_lang_tokens: int = 20, gen_ratio: float = 0.5,
+                 lm_weight: float = 0.5, norm_pixel_loss: bool = True, cameras: Optional[Sequence[str]] = None,
+                 optim: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        check_choice(variant, VARIANTS, "voltron variant")
+        if not 0.0 <= gen_ratio <= 1.0:
+            raise ConfigError(f"voltron gen_ratio must be in [0, 1]; got {gen_ratio}")
+        self.save_hyperparameters()
+        self.variant, self.mask_ratio, self.gen_ratio = variant, mask_ratio, gen_ratio
+        self.lm_weight, self.norm_pixel_loss = lm_weight, norm_pixel_loss
+        self.cameras = list(cameras) if cameras else None
+        self.optim_cfg = dict(optim or {})
+        self.encoder = VoltronEncoder(img_size, patch_size, in_channels, width, depth, heads, mlp_ratio,
+                                      num_frames=1 if variant == "v-cond" else 2, text_encoder=text_encoder,
+                                      max_lang_tokens=max_lang_tokens)
+        grid, frames = self.encoder.grid, self.encoder.num_frames
+        self.enc_to_dec = nn.Linear(width, decoder_width)
+        self.mask_token = nn.Parameter(torch.randn(decoder_width) * 0.02)
+        self.register_buffer("decoder_pos", sincos_position_embedding(decoder_width, grid, grid), persistent=False)
+        self.decoder_frame = nn.Parameter(torch.randn(frames, decoder_width) * 0.02)
+        self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, mlp_ratio)
+        self.pixel_head = nn.Linear(decoder_width, patch_size * patch_size * in_channels)
+        if variant == "v-gen":
+            text = self.encoder.text
+            if not (hasattr(text, "tokenizer") and hasattr(getattr(text, "model", None), "embeddings")):
+                raise ConfigError("voltron v-gen needs a Hugging Face text_encoder (hf-text, minilm-l6) for its "
+                                  "tokenizer and token embeddings")
+            self.lang_to_dec = nn.Linear(int(text.output_dim), decoder_width)
+            self.lm_head = nn.Linear(decoder_width, len(text.tokenizer))
+
+    # ------------------------------------------------------------------ forward
+    def select_frames(self, batch: Mapping[str, Any]) -> Tuple[Tensor, List[str]]:
+        """Frames ``(B * cameras, F, C, H, W)`` and their captions from a dataset batch."""
+        per_camera = camera_frames(batch, self.cameras)
+        index = [-1] if self.variant == "v-cond" else [0, -1]
+        frames = torch.cat([v[:, index] for v in per_camera.values()], dim=0)
+        return frames, list(batch["task"]) * len(per_camera)
+
+    def _caption_tokens(self, texts: Sequence[str]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Token ids ``(B, Lg)``, mask and frozen non-contextual embeddings ``(B, Lg, d_text)`` of the captions."""
+        text = self.encoder.text
+        tok = text.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.encoder.max_lang_tokens,
+                             return_tensors="pt")
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device).bool()
+        with torch.no_grad():
+            emb = text.model.embeddings(input_ids=ids.to(text.model.device)).to(self.device)
+        return ids, mask, emb.float()
+
+    def forward(self, frames: Tensor, texts: Sequence[str]) -> VoltronOutput:
+        """``frames`` ``(B, F, C, H, W)`` in [0, 1] and ``B`` captions -> :class:`VoltronOutput`."""
+        enc = self.encoder
+        b, f, n = frames.shape[0], enc.num_frames, enc.num_patches
+        tokens = enc.embed_frames(frames)  # (B, F, N, W)
+        keep, mask = random_patch_mask(b, n, self.mask_ratio, frames.device)
+        k = keep.shape[1]
+        visible = tokens.gather(2, keep[:, None, :, None].expand(-1, f, -1, tokens.shape[-1]))
+        generate = (torch.rand(b, device=frames.device) < self.gen_ratio) if self.variant == "v-gen" \
+            else torch.zeros(b, dtype=torch.bool, device=frames.device)
+        cond = ["" if g else t for g, t in zip(generate.tolist(), texts)]
+        lang, lang_mask = enc.language(cond)
+        h = self.enc_to_dec(enc.encode(visible.flatten(1, 2), lang, lang_mask)).view(b, f, k, -1)
+        full = self.mask_token.expand(b, f, n, h.shape[-1]).scatter(2, keep[:, None, :, None].expand_as(h), h)
+        seq = (full + self.decoder_pos + self.decoder_frame[:, None]).flatten(1, 2)  # (B, F*N, Wd)
+        attn_mask = None
+        if self.variant == "v-gen":
+            ids, id_mask, emb = self._caption_tokens(texts)
+            seq = torch.cat([seq, self.lang_to_dec(emb)], dim=1)
+            attn_mask = prefix_lm_mask(f * n, id_mask)
+        out = self.decoder(seq, attn_mask)
+        pred = self.pixel_head(out[:, :f * n]).view(b, f, n, -1)
+        target = patchify(frames, enc.patch_size)
+        if self.norm_pixel_loss:
+            target = normalize_patches(target)
+        reconstruction = patch_mse(pred, target, mask[:, None].expand(-1, f, -1))
+        language = next_token_loss(self.lm_head(out[:, f * n:]), ids, id_mask, generate) \
+            if self.variant == "v-gen" else reconstruction.new_zeros(())
+        return VoltronOutput(loss=reconstruction + self.lm_weight * language, reconstruction=reconstruction,
+                             language=language, predictions=pred, mask=mask, generate=generate)
+
+    # ------------------------------------------------------------------ Lightning
+    def _step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        frames, texts = self.select_frames(batch)
+        out = self(frames, texts)
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, batch_size=frames.shape[0])
+        self.log(f"{stage}/reconstruction", out.reconstruction.detach(), batch_size=frames.shape[0])
+        if self.variant == "v-gen":
+            self.log(f"{stage}/language", out.language.detach(), batch_size=frames.shape[0])
+        return out.loss
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> Any:
+        return configure_adamw(self, self.optim_cfg)
+
+    def export_encoder(self, folder: Union[str, Path]) -> Path:
+        """Write the encoder for frozen downstream use (:meth:`VoltronEncoder.export`)."""
+        return self.encoder.export(folder)
+
+
+def prefix_lm_mask(num_prefix: int, token_mask: Tensor) -> Tensor:
+    """``(B, P + L, P + L)`` bool attention mask of a prefix language model: the ``P`` prefix positions see each
+    other only; token ``l`` sees the prefix and the real tokens ``<= l``. ``token_mask`` ``(B, L)``: True at real
+    tokens."""
+    b, length = token_mask.shape
+    total = num_prefix + length
+    allowed = torch.zeros(total, total, dtype=torch.bool, device=token_mask.device)
+    allowed[:num_prefix, :num_prefix] = True
+    allowed[num_prefix:, :num_prefix] = True
+    allowed[num_prefix:, num_prefix:] = torch.ones(length, length, dtype=torch.bool,
+                                                   device=token_mask.device).tril()
+    keys = torch.cat([token_mask.new_ones(b, num_prefix, dtype=torch.bool), token_mask.bool()], dim=1)
+    return allowed[None] & keys[:, None, :]
