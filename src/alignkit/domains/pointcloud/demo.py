@@ -152,11 +152,12 @@ def run_demo(out: Path, fast: bool = False, config: Optional[str | Path] = None)
     if not (meshes / "synthetic.json").is_file():
         console.print(f"writing procedural ModelNet40-layout meshes to {meshes} ...")
         write_synthetic_modelnet(meshes, size.per_class_train, size.per_class_test, seed=0)
-    stage1 = _train(CONFIGS[0], [f"data.params.root={meshes}"], out, size, config_dir)
+    cache = f"data.params.cache_dir={out / 'data' / 'cache'}"  # sampled clouds and views stay with the demo
+    stage1 = _train(CONFIGS[0], [f"data.params.root={meshes}", cache], out, size, config_dir)
     metrics.update({f"stage1/{k}": v for k, v in stage1["metrics"].items()})
     checkpoint = stage1["run_dir"] / CHECKPOINT_DIR / LAST_CHECKPOINT
-    stage2 = _train(CONFIGS[1], [f"data.params.root={meshes}", f"model.params.pretrained={checkpoint}"], out, size,
-                    config_dir)
+    stage2 = _train(CONFIGS[1], [f"data.params.root={meshes}", cache, f"model.params.pretrained={checkpoint}"],
+                    out, size, config_dir)
     metrics.update(stage2["metrics"])
     model = AlignedModel(stage2["model"], to_plain(load_config(stage2["run_dir"] / "config.yaml")))
     params = to_plain(load_config(stage2["run_dir"] / "config.yaml").data.params)
