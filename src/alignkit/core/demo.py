@@ -51,10 +51,12 @@ def _test_attribute_keys(root: Path, ids: Sequence[str]) -> List[str]:
     return [by_path[i] for i in ids]
 
 
-def _table(rows: List[Tuple[str, float, str, str, str]]) -> Table:
-    table = Table(title="alignkit demo core: held-out shapes")
-    for col in ("metric", "value", "chance", "ceiling / target", "met"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+def results_table(title: str, rows: Sequence[Tuple[str, float, str, str, str]],
+                  columns: Sequence[str] = ("metric", "value", "baseline", "target", "met")) -> Table:
+    """A demo's printed table: one row per figure ``(name, value, baseline, target, met)``, value to 3 decimals."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col == columns[0] else "right")
     for r in rows:
         table.add_row(r[0], f"{r[1]:.3f}", *r[2:])
     return table
@@ -110,7 +112,8 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
               "text->image R@1, unseen templates": TARGETS["unseen_text2image_R@1"],
               "zero-shot shape top-1 (8 names)": TARGETS["zero_shot_shape_top1"]}
     table_rows = [(*r, ("yes" if r[1] >= judged[r[0]] else "NO") if r[0] in judged else "-") for r in rows]
-    console.print(_table(table_rows))
+    console.print(results_table("alignkit demo core: held-out shapes", table_rows,
+                                ("metric", "value", "chance", "ceiling / target", "met")))
     console.print(f"{'fast ' if fast else ''}demo took {metrics['demo/seconds']:.0f} s; "
                   f"metrics: {out / 'metrics.json'}; run folder: {result['run_dir']}")
     return metrics

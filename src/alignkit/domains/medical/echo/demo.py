@@ -16,16 +16,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch.utils.data import DataLoader
 
 from alignkit.cli import main
 from alignkit.core.config import configs_dir, load_config, to_plain
 from alignkit.core.data import collate_samples
+from alignkit.core.demo import results_table
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.runner import train, write_metrics
 from alignkit.domains.medical.echo import cli, encoders  # noqa: F401  (register `alignkit interpret`, the towers)
@@ -129,15 +129,6 @@ def _heldout_folder(dataset, study_id: str, out: Path) -> Path:
     return folder
 
 
-def _table(rows: List[Tuple[str, float, str, str, str]], fast: bool) -> Table:
-    table = Table(title=f"alignkit demo echo{' --fast' if fast else ''}: held-out studies")
-    for col in ("metric", "value", "baseline", "target", "met"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for r in rows:
-        table.add_row(r[0], f"{r[1]:.3f}", *r[2:])
-    return table
-
-
 @DEMOS.register("echo")
 def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) -> Dict[str, float]:
     out = Path(out)
@@ -197,7 +188,7 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     rows += [(label, metrics[key], f"{metrics[base]:.3f}" if base else "-", "-", "-") for label, key, base in INFO]
     rows += [(f"  AUROC {k.split('/')[-1]}", v, "0.500", ">= 0.800" if not fast else "-", "-")
              for k, v in metrics.items() if k.startswith("findings/auroc/")]
-    console.print(_table(rows, fast))
+    console.print(results_table(f"alignkit demo echo{' --fast' if fast else ''}: held-out studies", rows))
     console.print(f"{'fast ' if fast else ''}demo took {metrics['demo/seconds']:.0f} s (training "
                   f"{train_seconds:.0f} s); metrics: {out / 'metrics.json'}; run folder: {result['run_dir']}")
     return metrics
