@@ -337,3 +337,23 @@ def test_datamodule_batches_point_clouds(modelnet_root: Path, cache_dir: Path) -
     assert batch["points"].shape == (4, 64, 3) and batch["label"].shape == (4,) and len(batch["text"]) == 4
     assert dm.val_dataset is None  # ModelNet40 has no "val" split
     assert len(dm.test_dataset) == 12
+
+
+@pytest.mark.parametrize("name", ["modelnet40", "shapenet55", "scanobjectnn", "point-folder"])
+def test_every_dataset_accepts_exactly_the_shared_parameters(name: str) -> None:
+    """The registry sees the shared parameters of every point dataset (no ``**kwargs`` hole): valid keys pass, a
+    typo fails with the closest key, before anything is read."""
+    shared = dict(pc_data.point_dataset_params())
+    DATASETS.check_params(name, {"root": "r", "split": "test", **shared})
+    with pytest.raises(ConfigError, match="did you mean 'num_points'"):
+        DATASETS.check_params(name, {"root": "r", "num_point": 512})
+    with pytest.raises(ConfigError, match="did you mean 'skip_bad'"):  # direct construction checks too
+        DATASETS.get(name)("r", skip_badd=True)
+
+
+def test_dataset_params_hold_the_filled_shared_defaults(modelnet_root: Path, cache_dir: Path) -> None:
+    data = DATASETS.build("modelnet40", root=str(modelnet_root), split="test", num_points=64,
+                          cache_dir=str(cache_dir))
+    assert data.params["num_points"] == 64 and data.params["layout"] == "auto"
+    assert {k: v for k, v in data.params.items() if k in pc_data.point_dataset_params()} == \
+        pc_data.point_dataset_params(num_points=64, cache_dir=str(cache_dir))

@@ -23,6 +23,7 @@ prepared (and rendered) at construction and failures are dropped and listed in `
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -283,8 +284,9 @@ def _safe_name(text: str) -> str:
 class PointCloudDataset(PairedDataset):
     """Base of the point-cloud datasets: a layout reader's records as prepared, cached clouds (+ views).
 
-    Subclasses call ``super().__init__(params=locals())``, build their reader and call :meth:`_index`. The
-    shared parameters (all keyword, in every subclass):
+    Subclasses (decorated with :func:`with_point_params`) pass their own parameters and the shared ones
+    (:func:`point_dataset_params`, resolved) to ``super().__init__(params=...)``, build their reader and call
+    :meth:`_index`. The shared parameters (keyword-only, in every subclass):
 
     - ``num_points`` (N), ``surface_points`` (samples drawn on a mesh before FPS), ``features``,
       ``sampling`` (``fps`` | ``random``), ``seed``: :func:`~alignkit.domains.pointcloud.io.prepare_points`;
@@ -416,67 +418,84 @@ class PointCloudDataset(PairedDataset):
 _Floats = Sequence[float]
 
 
+def point_dataset_params(num_points: int = 1024, surface_points: int = 8192, features: str = "none",
+                         sampling: str = "fps", augment: Optional[bool] = None,
+                         scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
+                         dropout: float = 0.0, up_axis: Optional[str] = None,
+                         caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
+                         num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
+                         image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
+                         cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                         skip_bad: bool = False, seed: int = 0) -> Dict[str, Any]:
+    """The parameters every point-cloud dataset shares (meaning: :class:`PointCloudDataset`), defaults filled."""
+    return dict(locals())
+
+
+_SHARED = inspect.signature(point_dataset_params).parameters
+
+
+def with_point_params(cls: type) -> type:
+    """Class decorator of a :class:`PointCloudDataset` whose ``__init__(self, <own params>, **shared)`` takes the
+    shared parameters as keywords: its signature becomes ``(own..., *, <point_dataset_params' parameters>)``, so
+    the registry's parameter check and did-you-mean see every valid key (no ``**kwargs`` hole)."""
+    init = cls.__init__
+    own = [q for q in inspect.signature(init).parameters.values() if q.kind is not q.VAR_KEYWORD]
+    shared = [q.replace(kind=inspect.Parameter.KEYWORD_ONLY) for q in _SHARED.values()]
+    init.__signature__ = inspect.Signature(own + shared)
+    return cls
+
+
+def _shared_params(dataset: str, shared: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = [k for k in shared if k not in _SHARED]
+    if unknown:
+        raise ConfigError(f"unknown parameter '{unknown[0]}' for dataset {dataset}{did_you_mean(unknown[0], _SHARED)}")
+    return point_dataset_params(**shared)
+
+
 @DATASETS.register("modelnet40")
+@with_point_params
 class ModelNet40Dataset(PointCloudDataset):
     """ModelNet40 (or ModelNet10): the mesh layout ``root/<class>/{train,test}/*.off`` (z up) or
     ``modelnet40_normal_resampled`` (y up), chosen by ``layout`` (``auto`` detects it). Shared parameters:
     :class:`PointCloudDataset`."""
 
-    def __init__(self, root: str, split: str = "train", layout: str = "auto", num_points: int = 1024,
-                 surface_points: int = 8192, features: str = "none", sampling: str = "fps",
-                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
-                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
-                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
-                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
-                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                 skip_bad: bool = False, seed: int = 0):
-        super().__init__(params=locals())
+    def __init__(self, root: str, split: str = "train", layout: str = "auto", **shared: Any):
+        super().__init__(params={"root": root, "split": split, "layout": layout,
+                                 **_shared_params(type(self).__name__, shared)})
         check_choice(layout, ("auto", "mesh", "resampled"), "modelnet40 layout")
         self.layout = detect_modelnet40_layout(root) if layout == "auto" else layout
         reader_cls = ModelNet40MeshReader if self.layout == "mesh" else ModelNet40ResampledReader
-        self._index(reader_cls(root, split, skip_bad=skip_bad))
+        self._index(reader_cls(root, split, skip_bad=self.params["skip_bad"]))
 
 
 @DATASETS.register("shapenet55")
+@with_point_params
 class ShapeNet55Dataset(PointCloudDataset):
     """ShapeNet-55 in Point-BERT's layout (:class:`~alignkit.domains.pointcloud.io.ShapeNet55Reader`; y up);
     captions use the synset's names (ShapeNet ``taxonomy.json`` synonyms when present). Shared parameters:
     :class:`PointCloudDataset`."""
 
-    def __init__(self, root: str, split: str = "train", num_points: int = 1024, surface_points: int = 8192,
-                 features: str = "none", sampling: str = "fps", augment: Optional[bool] = None,
-                 scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
-                 dropout: float = 0.0, up_axis: Optional[str] = None,
-                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
-                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
-                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                 skip_bad: bool = False, seed: int = 0):
-        super().__init__(params=locals())
-        self._index(ShapeNet55Reader(root, split, skip_bad=skip_bad))
+    def __init__(self, root: str, split: str = "train", **shared: Any):
+        super().__init__(params={"root": root, "split": split, **_shared_params(type(self).__name__, shared)})
+        self._index(ShapeNet55Reader(root, split, skip_bad=self.params["skip_bad"]))
 
 
 @DATASETS.register("scanobjectnn")
+@with_point_params
 class ScanObjectNNDataset(PointCloudDataset):
     """ScanObjectNN ``.h5`` files (:class:`~alignkit.domains.pointcloud.io.ScanObjectNNReader`: ``variant``,
     ``suffix``; y up). Shared parameters: :class:`PointCloudDataset`."""
 
     def __init__(self, root: str, split: str = "train", variant: str = "main_split",
-                 suffix: str = "objectdataset_augmentedrot_scale75", num_points: int = 1024,
-                 surface_points: int = 8192, features: str = "none", sampling: str = "fps",
-                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
-                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
-                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
-                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
-                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                 skip_bad: bool = False, seed: int = 0):
-        super().__init__(params=locals())
-        self._index(ScanObjectNNReader(root, split, variant=variant, suffix=suffix, skip_bad=skip_bad))
+                 suffix: str = "objectdataset_augmentedrot_scale75", **shared: Any):
+        super().__init__(params={"root": root, "split": split, "variant": variant, "suffix": suffix,
+                                 **_shared_params(type(self).__name__, shared)})
+        self._index(ScanObjectNNReader(root, split, variant=variant, suffix=suffix,
+                                       skip_bad=self.params["skip_bad"]))
 
 
 @DATASETS.register("point-folder")
+@with_point_params
 class PointFolderDataset(PointCloudDataset):
     """Any mesh/point files listed in a labels CSV (:class:`~alignkit.domains.pointcloud.io.PointFolderReader`:
     ``csv``, ``path_column``, ``label_column`` (class names), ``split_column``, ``text_column`` (per-item
@@ -484,15 +503,11 @@ class PointFolderDataset(PointCloudDataset):
 
     def __init__(self, root: str, split: str = "train", csv: str = "labels.csv", path_column: str = "path",
                  label_column: str = "label", split_column: Optional[str] = "split", text_column: Optional[str] = None,
-                 num_points: int = 1024, surface_points: int = 8192, features: str = "none", sampling: str = "fps",
-                 augment: Optional[bool] = None, scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True,
-                 jitter: float = 0.01, dropout: float = 0.0, up_axis: Optional[str] = None,
-                 caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
-                 num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                 image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
-                 cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                 skip_bad: bool = False, seed: int = 0):
-        super().__init__(params=locals())
+                 **shared: Any):
+        super().__init__(params={"root": root, "split": split, "csv": csv, "path_column": path_column,
+                                 "label_column": label_column, "split_column": split_column,
+                                 "text_column": text_column, **_shared_params(type(self).__name__, shared)})
+        p = self.params
         self._index(PointFolderReader(root, split, csv_name=csv, path_column=path_column, label_column=label_column,
-                                      split_column=split_column, text_column=text_column, up_axis=up_axis or "z",
-                                      skip_bad=skip_bad))
+                                      split_column=split_column, text_column=text_column,
+                                      up_axis=p["up_axis"] or "z", skip_bad=p["skip_bad"]))
