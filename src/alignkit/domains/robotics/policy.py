@@ -102,12 +102,16 @@ class ActionHead(nn.Module):
         self.arm_dims = [d for d in range(action_dim) if d not in grip] if not num_actions else []
         self.gripper_threshold = float(gripper_threshold)
         self.register_buffer("gripper_values", torch.tensor([float(v) for v in gripper_values]))
-        mean = _stat(stats, "action", "mean", action_dim, 0.0)
-        std = _stat(stats, "action", "std", action_dim, 1.0).clamp_min(1e-6)
-        self.register_buffer("arm_mean", mean[self.arm_dims])
-        self.register_buffer("arm_std", std[self.arm_dims])
+        self.register_buffer("arm_mean", torch.zeros(len(self.arm_dims)))
+        self.register_buffer("arm_std", torch.ones(len(self.arm_dims)))
+        self.set_stats(stats)
         out = num_actions or len(self.arm_dims) + len(grip)
         self.mlp = MLPHead(in_dim, out, hidden_dim=in_dim, num_layers=2)
+
+    def set_stats(self, stats: Optional[Stats]) -> None:
+        """Standardise the arm dimensions with ``stats["action"]["mean"/"std"]`` (0 and 1 where absent)."""
+        self.arm_mean.copy_(_stat(stats, "action", "mean", self.action_dim, 0.0)[self.arm_dims])
+        self.arm_std.copy_(_stat(stats, "action", "std", self.action_dim, 1.0).clamp_min(1e-6)[self.arm_dims])
 
     def forward(self, features: Tensor) -> ActionPrediction:
         y = self.mlp(features)
@@ -240,11 +244,37 @@ class PolicyModule(L.LightningModule):
             raise ConfigError("condition_features needs a language-conditioned image encoder (voltron)")
         self.feature_dim = int(getattr(self.image_encoder, "map_channels", self.image_encoder.output_dim))
         self.state_dim = int(state_dim)
-        self.register_buffer("state_mean", _stat(stats, "observation.state", "mean", state_dim, 0.0))
-        self.register_buffer("state_std", _stat(stats, "observation.state", "std", state_dim, 1.0).clamp_min(1e-6))
+        self.register_buffer("state_mean", torch.zeros(self.state_dim))
+        self.register_buffer("state_std", torch.ones(self.state_dim))
+        self._set_state_stats(stats)
+        self.stats_given = stats is not None
         self.arm_weight, self.gripper_weight = float(arm_weight), float(gripper_weight)
         self.optim_cfg = dict(optim or {})
         self.action_head: ActionHead
+
+    # ------------------------------------------------------------------ dataset statistics
+    def set_stats(self, stats: Stats) -> None:
+        """Standardise states and arm actions with a dataset's ``stats`` (``LeRobotDataset.stats``); they are kept
+        in the buffers (checkpoints) and the hyperparameters (``stats``)."""
+        plain = plain_stats(stats)
+        self._set_state_stats(plain)
+        self.action_head.set_stats(plain)
+        self.hparams["stats"] = plain
+        self.stats_given = True
+
+    def _set_state_stats(self, stats: Optional[Stats]) -> None:
+        if self.state_dim:  # a policy without a state token ignores the dataset's state statistics
+            self.state_mean.copy_(_stat(stats, "observation.state", "mean", self.state_dim, 0.0))
+            self.state_std.copy_(_stat(stats, "observation.state", "std", self.state_dim, 1.0).clamp_min(1e-6))
+
+    def setup(self, stage: str) -> None:
+        """At the start of a fit from a config (``alignkit train``), a policy built without ``stats`` takes them
+        from the DataModule's training dataset (:meth:`set_stats`)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and not self.stats_given and datamodule is not None:
+            stats = getattr(datamodule.train_dataset, "stats", None)
+            if stats:
+                self.set_stats(stats)
 
     # ------------------------------------------------------------------ features
     def instruction_embedding(self, texts: Sequence[str]) -> Tensor:

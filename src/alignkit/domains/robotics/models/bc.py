@@ -15,7 +15,7 @@ from torch import nn
 
 from alignkit.core.encoders import MLPHead
 from alignkit.core.registry import MODELS
-from alignkit.domains.robotics.models.voltron import TextSpec
+from alignkit.domains.robotics.models.voltron import TextSpec, check_model_section
 from alignkit.domains.robotics.policy import (ActionHead, EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput,
                                               Stats, plain_stats)
 
@@ -34,11 +34,14 @@ class LCBCModule(PolicyModule):
                  gripper_dims: Sequence[int] = (), gripper_threshold: float = 0.0,
                  gripper_values: Tuple[float, float] = (-1.0, 1.0), stats: Optional[Stats] = None,
                  hidden_dim: int = 256, num_layers: int = 2, dropout: float = 0.0, arm_weight: float = 1.0,
-                 gripper_weight: float = 0.01, optim: Optional[Dict[str, Any]] = None):
+                 gripper_weight: float = 0.01, optim: Optional[Dict[str, Any]] = None,
+                 model: Optional[Dict[str, Any]] = None):
         stats = plain_stats(stats)  # saved with the hyperparameters
         super().__init__(cameras, image_encoder, freeze_image_encoder, feature_cache, condition_features,
                          text_encoder, state_dim, stats, arm_weight, gripper_weight, optim)
-        self.save_hyperparameters(ignore=["image_encoder"] if isinstance(image_encoder, nn.Module) else None)
+        check_model_section(model, "lcbc")
+        self.save_hyperparameters(ignore=["model", "image_encoder"] if isinstance(image_encoder, nn.Module)
+                                  else ["model"])
         in_dim = self.feature_dim * len(self.cameras) + int(self.text.output_dim) + self.state_dim
         self.trunk = MLPHead(in_dim, hidden_dim, hidden_dim=hidden_dim, num_layers=num_layers, dropout=dropout,
                              layer_norm=True)

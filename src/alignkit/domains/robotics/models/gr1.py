@@ -45,8 +45,8 @@ from torch import Tensor, nn
 from alignkit.core.encoders import MLPHead, check_choice
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.robotics.models.perceiver import PerceiverResampler, Transformer
-from alignkit.domains.robotics.models.voltron import (TextSpec, normalize_patches, patch_mse, patchify,
-                                                      sincos_position_embedding)
+from alignkit.domains.robotics.models.voltron import (TextSpec, check_model_section, normalize_patches, patch_mse,
+                                                      patchify, sincos_position_embedding)
 from alignkit.domains.robotics.policy import (ActionHead, EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput,
                                               Stats, plain_stats)
 
@@ -100,6 +100,9 @@ class GR1Module(PolicyModule):
             symbolic view), whose standardised patches are all zero.
         arm_weight, gripper_weight, frame_weight: loss weights.
         optim: see :func:`~alignkit.domains.robotics.models.voltron.configure_adamw`.
+        model: the config's model section (see :func:`~alignkit.domains.robotics.models.voltron.check_model_section`).
+            Without ``stats``, a fit from a config takes them from the training dataset
+            (:meth:`~alignkit.domains.robotics.policy.PolicyModule.setup`).
     """
 
     def __init__(self, cameras: Sequence[str] = ("image",), image_encoder: EncoderSpec = "voltron",
@@ -113,11 +116,14 @@ class GR1Module(PolicyModule):
                  predict_frames: bool = True, frame_camera: Optional[str] = None, frame_offset: int = 1,
                  image_size: int = 64, frame_patch_size: int = 8, num_obs_queries: Optional[int] = None,
                  frame_decoder_depth: int = 1, norm_pixel_loss: bool = True, arm_weight: float = 1.0,
-                 gripper_weight: float = 0.01, frame_weight: float = 0.1, optim: Optional[Dict[str, Any]] = None):
+                 gripper_weight: float = 0.01, frame_weight: float = 0.1, optim: Optional[Dict[str, Any]] = None,
+                 model: Optional[Dict[str, Any]] = None):
         stats = plain_stats(stats)  # saved with the hyperparameters
         super().__init__(cameras, image_encoder, freeze_image_encoder, feature_cache, condition_features,
                          text_encoder, state_dim, stats, arm_weight, gripper_weight, optim)
-        self.save_hyperparameters(ignore=["image_encoder"] if isinstance(image_encoder, nn.Module) else None)
+        check_model_section(model, "gr1")
+        self.save_hyperparameters(ignore=["model", "image_encoder"] if isinstance(image_encoder, nn.Module)
+                                  else ["model"])
         check_choice(objective, OBJECTIVES, "gr1 objective")
         if objective == "video" and not predict_frames:
             raise ConfigError("gr1 objective 'video' trains the frame prediction only: set predict_frames true")

@@ -148,6 +148,15 @@ def configure_adamw(module: L.LightningModule, optim: Mapping[str, Any]) -> Dict
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def check_model_section(model: Optional[Mapping[str, Any]], name: str) -> None:
+    """The runner hands every model its config's ``model`` section besides ``name`` and ``params``
+    (``embed_dim``, ``towers``, ``objectives``, ``ema``); the robotics models are configured by ``model.params``
+    alone, so towers or objectives there are a mistake and raise :class:`ConfigError`."""
+    if model and (model.get("towers") or model.get("objectives") or (model.get("ema") or {}).get("enabled")):
+        raise ConfigError(f"model '{name}' is configured by model.params only; remove model.towers, "
+                          f"model.objectives and model.ema from its config")
+
+
 def frozen_text_tower(spec: TextSpec) -> nn.Module:
     """A frozen core text encoder (``ENCODERS`` name or ``{"name", "params"}``) that memoises per-string outputs."""
     return freeze(build_encoder(spec, where="text_encoder", cache=True))
@@ -318,7 +327,8 @@ class VoltronModule(L.LightningModule):
     A batch holds ``observation.images.<camera>`` ``(B, T, C, H, W)`` and ``task`` (``B`` captions). ``v-cond``
     uses the window's last frame; ``v-dual``/``v-gen`` its first and last (the first is the episode's first
     frame when the window reaches back before the start: the dataset pads with it). Every camera in
-    ``cameras`` (default: all in the batch) gives its own examples. ``optim``: see :func:`configure_adamw`.
+    ``cameras`` (default: all in the batch) gives its own examples. ``optim``: see :func:`configure_adamw`;
+    ``model``: the config's model section (see :func:`check_model_section`).
     ``norm_pixel_loss`` standardises each target patch (MAE); turn it off for images made of flat patches
     (BabyAI's symbolic view), whose standardised targets are all zero and teach nothing.
     """
@@ -328,12 +338,13 @@ class VoltronModule(L.LightningModule):
                  decoder_depth: int = 2, decoder_heads: int = 4, mask_ratio: float = 0.75,
                  text_encoder: TextSpec = "minilm-l6", max_lang_tokens: int = 20, gen_ratio: float = 0.5,
                  lm_weight: float = 0.5, norm_pixel_loss: bool = True, cameras: Optional[Sequence[str]] = None,
-                 optim: Optional[Dict[str, Any]] = None):
+                 optim: Optional[Dict[str, Any]] = None, model: Optional[Mapping[str, Any]] = None):
         super().__init__()
+        check_model_section(model, "voltron")
         check_choice(variant, VARIANTS, "voltron variant")
         if not 0.0 <= gen_ratio <= 1.0:
             raise ConfigError(f"voltron gen_ratio must be in [0, 1]; got {gen_ratio}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model"])
         self.variant, self.mask_ratio, self.gen_ratio = variant, mask_ratio, gen_ratio
         self.lm_weight, self.norm_pixel_loss = lm_weight, norm_pixel_loss
         self.cameras = list(cameras) if cameras else None
