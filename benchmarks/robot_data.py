@@ -22,36 +22,18 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from alignkit.core.data import collate_samples
-from alignkit.domains.robotics.dataset import LeRobotDataset, LeRobotWriter
-from alignkit.domains.robotics.episode import Episode
+from alignkit.domains.robotics.dataset import LeRobotDataset
+from alignkit.domains.robotics.synthetic import write_synthetic_lerobot
 
 WINDOW, SIZE, STATE, ACTION, WIDTH = 4, 64, 8, 4, 64
-
-
-def synthetic_episodes(n: int, length: int, cameras: int, seed: int = 0) -> Iterator[Episode]:
-    """Smooth moving-blob frames (compress like rendered scenes), random state/action, 4 tasks."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    for k in range(n):
-        cx, cy = rng.uniform(10, 54, size=2)
-        vx, vy = rng.uniform(-0.6, 0.6, size=2)
-        frames = []
-        for t in range(length):
-            blob = 180 * np.exp(-((xx - cx - vx * t) ** 2 + (yy - cy - vy * t) ** 2) / 30.0)
-            frames.append(np.stack([30 + xx + blob, 50 + yy, 120 - blob / 2 + 2 * k % 60], axis=-1))
-        images = np.clip(np.stack(frames), 0, 255).astype(np.uint8)
-        yield Episode(images={f"cam{c}": np.roll(images, 7 * c, axis=2) for c in range(cameras)},
-                      state=rng.normal(size=(length, STATE)), action=rng.normal(size=(length, ACTION)),
-                      task=f"task {k % 4}", source=f"synthetic {k}")
 
 
 class TinyCausalPolicy(nn.Module):
@@ -137,9 +119,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ds"
         start = time.perf_counter()
-        with LeRobotWriter(root, fps=10, gop=args.gop) as writer:
-            for ep in synthetic_episodes(args.episodes, args.length, args.cameras):
-                writer.add_episode(ep)
+        write_synthetic_lerobot(root, args.episodes, args.length, gop=args.gop, image_size=SIZE, state_dim=STATE,
+                                action_dim=ACTION, cameras=[f"cam{c}" for c in range(args.cameras)])
         write_s = time.perf_counter() - start
         ds = LeRobotDataset(root, window=WINDOW)
         frames = len(ds) * args.cameras
