@@ -21,7 +21,7 @@ from alignkit.domains.medical.echo.io import ECHOPRIME_VIEWS, load_echo  # noqa:
 from alignkit.domains.medical.echo.synthetic import write_synthetic_echo  # noqa: E402
 from alignkit.domains.medical.echo.transforms import frame_transforms  # noqa: E402
 from alignkit.domains.medical.reports import ECHO_HEADERS, extract_sections, report_text  # noqa: E402
-from alignkit.domains.medical.xray.io import BadRowError  # noqa: E402
+from alignkit.domains.medical.tables import BadRowError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[4]
 CINE = REPO.parent / "shared" / "data" / "medical" / "echo" / "color3d_jpeg_baseline.dcm"

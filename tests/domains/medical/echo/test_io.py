@@ -24,7 +24,7 @@ from alignkit.domains.medical.echo.io import (  # noqa: E402
     probe_echo, sector_mask, ultrasound_region)
 from alignkit.domains.medical.echo.synthetic import write_avi, write_synthetic_echo  # noqa: E402
 from alignkit.domains.medical.reports import EmptyReportError  # noqa: E402
-from alignkit.domains.medical.xray.io import BadRowError  # noqa: E402
+from alignkit.domains.medical.tables import BadRowError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[4]
 ECHO = REPO.parent / "shared" / "data" / "medical" / "echo"

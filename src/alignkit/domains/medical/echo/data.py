@@ -36,7 +36,7 @@ from alignkit.domains.medical.echo.transforms import (CLIP_STARTS, ECHONET_MEAN,
                                                       SampleClip, beat_stride, clip_span, frame_transforms)
 from alignkit.domains.medical.reports import (ECHO_HEADERS, check_report_rule, clean_report, extract_sections,
                                               report_text, split_sentences)
-from alignkit.domains.medical.xray.io import BadRowError
+from alignkit.domains.medical.tables import BadRowError
 
 TEXT_MODES = ("report", "sentences", "sections")
 SHORT_CLIPS = (*PAD_MODES, "skip")

@@ -16,8 +16,8 @@ Records: :class:`EchoNetReader` indexes the EchoNet-Dynamic layout (``Videos/*.a
 (one CSV row per video: study id, video, view, report, split, labels) into :class:`EchoStudy` s, each with
 several videos and one report. Both list what ``skip_bad=True`` dropped in ``skipped``.
 
-The CSV helpers (:func:`~alignkit.domains.medical.xray.io.read_table`,
-:func:`~alignkit.domains.medical.xray.io.require_columns`, ``BadRowError``) are the X-ray reader's, used here.
+The CSV helpers (:func:`~alignkit.domains.medical.tables.read_table`,
+:func:`~alignkit.domains.medical.tables.require_columns`, ``BadRowError``) are shared with the X-ray readers.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ from alignkit.core.data import MISSING_VALUES
 from alignkit.core.encoders import check_choice
 from alignkit.core.registry import ConfigError
 from alignkit.domains.medical.reports import ECHO_HEADERS, EmptyReportError, check_report_rule, report_text
-from alignkit.domains.medical.xray.io import BadRowError, is_dicom, read_table, require_columns
+from alignkit.domains.medical.dicom import is_dicom
+from alignkit.domains.medical.tables import BadRowError, read_table, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _name(source: EchoSource, name: str) -> str:
 
 def is_dicom_source(source: EchoSource) -> bool:
     """True for DICOM bytes (``DICM`` at byte 128) or a DICOM path (see
-    :func:`~alignkit.domains.medical.xray.io.is_dicom`); False for the :data:`VIDEO_SUFFIXES`."""
+    :func:`~alignkit.domains.medical.dicom.is_dicom`); False for the :data:`VIDEO_SUFFIXES`."""
     if isinstance(source, (bytes, bytearray)):
         return bytes(source[128:132]) == b"DICM"
     return Path(source).suffix.lower() not in VIDEO_SUFFIXES and is_dicom(source)

@@ -16,8 +16,6 @@ view, split, the report's training text and where each came from. Shared options
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import io
 import logging
 import math
@@ -37,7 +35,9 @@ from PIL import Image
 
 from alignkit.core.data import MISSING_VALUES
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.domains.medical.dicom import is_dicom
 from alignkit.domains.medical.reports import EmptyReportError, check_report_rule, report_text
+from alignkit.domains.medical.tables import BadRowError, read_table, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +75,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillo
 
 
 # ============================================================================================= images
-
-
-def is_dicom(path: PathLike) -> bool:
-    """True for a ``.dcm``/``.dicom`` file name, False for ``.png``/``.jpg``/``.jpeg``; otherwise True for a file
-    with the ``DICM`` mark at byte 128 (DICOM Part 10)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".dcm", ".dicom", ".png", ".jpg", ".jpeg"):
-        return suffix in (".dcm", ".dicom")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
 
 
 def check_window(window: Any) -> Window:
@@ -414,33 +399,6 @@ class XRayRecord:
     where: str
     report_path: Optional[Path] = None
     report_text: Optional[str] = None
-
-
-class BadRowError(ValueError):
-    """A listed image cannot be used (missing file, bad label, no report text); names the problem, not the row."""
-
-
-def read_table(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    """Header and rows of a CSV file (``.csv`` or gzipped ``.csv.gz``; UTF-8, BOM tolerated)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no CSV file {path}")
-    raw = path.read_bytes()
-    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = list(reader.fieldnames or [])
-    if not header:
-        raise ValueError(f"{path} is empty; it needs a header row naming its columns")
-    rows = [{k: (v if v is not None else "") for k, v in r.items() if k is not None} for r in reader]
-    return header, rows
-
-
-def require_columns(path: Path, header: Sequence[str], columns: Sequence[Tuple[str, Optional[str]]]) -> None:
-    """Raise :class:`ConfigError` naming ``path``, the column's purpose and the closest column when a column of
-    ``columns`` (``(purpose, column name or None)`` pairs; None is skipped) is not in ``header``."""
-    for purpose, column in columns:
-        if column is not None and column not in header:
-            raise ConfigError(f"{path} (header row) has no column '{column}' ({purpose})"
-                              f"{did_you_mean(column, header)}; its columns: {', '.join(header)}")
 
 
 def _label_columns(columns: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
