@@ -74,3 +74,25 @@ def test_bad_configs():
     module = MODELS.build("echo-clip", model=model_cfg(), optim={})
     with pytest.raises(KeyError, match="view_weight: 0"):
         module.compute_loss({"video": torch.randn(2, 3, 4, 32, 32), "text": ["a", "b"]})
+
+
+def test_sections_are_embedded_one_by_one_then_averaged():
+    torch.manual_seed(0)
+    module = MODELS.build("echo-clip", model=model_cfg(), optim={}, views=VIEWS).eval()
+    reports = [["pericardium: No pericardial effusion.", "left atrium: Normal left atrial size."],
+               ["pericardium: Small pericardial effusion."]]
+    with torch.no_grad():
+        z = module.embed("text", reports)
+        single = module.towers["text"](reports[0], normalize=True)  # each section on its own
+        assert torch.allclose(z[0], F.normalize(single.mean(0), dim=0), atol=1e-6)
+        assert torch.allclose(z[1], module.towers["text"]([reports[1][0]])[0], atol=1e-6)
+        # a plain string is one section; "features" is the core tower (mean of encoder features, then the head)
+        assert torch.allclose(module.embed("text", [reports[1][0]]), z[1:], atol=1e-6)
+        features = MODELS.build("echo-clip", model=model_cfg(), optim={}, views=VIEWS, section_pool="features")
+        features.load_state_dict(module.state_dict())
+        assert torch.allclose(features.eval().embed("text", reports), module.towers["text"](reports), atol=1e-6)
+        assert not torch.allclose(features.embed("text", reports)[0], z[0], atol=1e-3)
+    with pytest.raises(ValueError, match="report 1 of the batch has no sections"):
+        module.embed("text", [["a"], []])
+    with pytest.raises(ConfigError, match="section_pool"):
+        MODELS.build("echo-clip", model=model_cfg(), optim={}, section_pool="words")

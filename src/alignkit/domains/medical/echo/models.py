@@ -8,17 +8,40 @@ every video of a study is a positive of its report) plus a view classifier on th
 
 where ``f_video`` ``(B, encoder.output_dim)`` is the video encoder's output (computed once per step for both
 terms) and ``view`` the sample's ``label`` (its index in ``views``). Logged: ``view/loss``, ``view/accuracy``.
+
+A report given as its sections (a list of ``S_b`` strings, ``text_mode: sections``) is embedded by
+``section_pool``:
+
+- ``"embeddings"`` (default): each section through the whole text tower on its own, then
+  ``z_b = normalize(1/S_b sum_s normalize(head(enc(section_s))))``; the head sees one section at a time, so a
+  short sentence that decides a finding ("No pericardial effusion." against "Small pericardial effusion.") is not
+  averaged into the features of the other sections before the head can separate it;
+- ``"features"``: the core tower's ``normalize(head(1/S_b sum_s enc(section_s)))``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.module import AlignmentModule
+from alignkit.core.encoders import check_choice
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.medical.echo.io import ECHOPRIME_VIEWS
+
+SECTION_POOLS = ("embeddings", "features")
+
+
+def section_mean(embeddings: Tensor, counts: Sequence[int]) -> Tensor:
+    """``(sum_b S_b, D)`` section embeddings, ``S_b`` = ``counts[b]`` consecutive rows per report -> ``(B, D)``
+    the mean of each report's rows."""
+    sizes = torch.as_tensor(list(counts), device=embeddings.device)
+    index = torch.repeat_interleave(torch.arange(len(sizes), device=embeddings.device), sizes)
+    sums = embeddings.new_zeros(len(sizes), embeddings.shape[1]).index_add(0, index, embeddings)
+    return sums / sizes.to(embeddings.dtype)[:, None]
 
 
 @MODELS.register("echo-clip")
@@ -32,12 +55,15 @@ class EchoClipModule(AlignmentModule):
         view_weight: weight of the view cross-entropy (0: no view loss; the classifier stays untrained).
         video, text: the modalities of the video and report towers.
         label_key: the batch field holding each video's view index.
+        section_pool: how a report given as its sections is embedded (see the module docstring).
     """
 
     def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None,
                  views: Sequence[str] = ECHOPRIME_VIEWS, view_weight: float = 1.0, video: str = "video",
-                 text: str = "text", label_key: str = "label"):
+                 text: str = "text", label_key: str = "label", section_pool: str = "embeddings"):
         super().__init__(model, optim)
+        check_choice(section_pool, SECTION_POOLS, "echo-clip section_pool")
+        self.section_pool = section_pool
         for name in (video, text):
             if name not in self.towers:
                 raise ConfigError(f"echo-clip: model.towers has no '{name}' tower (towers: {', '.join(self.towers)})"
@@ -52,13 +78,29 @@ class EchoClipModule(AlignmentModule):
         self._features: Optional[Tensor] = None  # the video encoder's output of the current step
 
     def embed(self, modality: str, inputs: Any, normalize: bool = True) -> Tensor:
-        """As the core's; the video tower's encoder output is kept for the view classifier of the same step."""
+        """As the core's; the video tower's encoder output is kept for the view classifier of the same step, and a
+        report given as a list of sections is embedded by ``section_pool``."""
+        if modality == self.text_modality and self.section_pool == "embeddings" and \
+                any(not isinstance(item, str) for item in inputs):
+            return self._embed_sections(inputs, normalize)
         if modality != self.video_modality:
             return super().embed(modality, inputs, normalize)
         tower = self.towers[modality]
         self._features = tower.features(inputs).float()
         z = tower.head(self._features)
         return F.normalize(z, dim=-1) if normalize else z
+
+    def _embed_sections(self, reports: Sequence[Any], normalize: bool) -> Tensor:
+        """``B`` reports (strings or non-empty lists of section strings) -> ``(B, D)``: the normalised mean of
+        their sections' normalised embeddings (unnormalised with ``normalize=False``, the mean itself)."""
+        parts: List[List[str]] = [[item] if isinstance(item, str) else list(item) for item in reports]
+        empty = [k for k, p in enumerate(parts) if not p]
+        if empty:
+            raise ValueError(f"echo-clip: report {empty[0]} of the batch has no sections (an empty list); give "
+                             "it at least one section string")
+        flat = [text for p in parts for text in p]
+        mean = section_mean(self.towers[self.text_modality](flat, normalize=True), [len(p) for p in parts])
+        return F.normalize(mean, dim=-1) if normalize else mean
 
     def video_outputs(self, videos: Tensor) -> Tuple[Tensor, Tensor]:
         """Normalised video embeddings ``(B, D)`` and view logits ``(B, len(views))`` from one encoder pass."""
