@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from alignkit.core.registry import ENCODERS, ConfigError
-from alignkit.domains.medical.echo.encoders import FactorisedVideoViT, R2Plus1DEncoder, temporal_pool
+from alignkit.domains.medical.echo.encoders import (FactorisedVideoViT, R2Plus1DEncoder, temporal_pool,
+                                                   temporal_smooth)
 
 
 def test_temporal_pool_reference():
@@ -15,6 +16,17 @@ def test_temporal_pool_reference():
     assert torch.allclose(temporal_pool(frames, "mean"), torch.tensor([[3.0, 0.0]]))
     std = (8.0 / 3.0 + 1e-6) ** 0.5
     assert torch.allclose(temporal_pool(frames, "mean_std"), torch.tensor([[3.0, 0.0, std, 1e-3]]), atol=1e-6)
+
+
+def test_temporal_smooth_reference():
+    frames = torch.tensor([[[0.0], [3.0], [6.0], [0.0]]])  # (B=1, T=4, C=1)
+    assert torch.equal(temporal_smooth(frames, 1), frames)
+    assert torch.allclose(temporal_smooth(frames, 3)[0, :, 0], torch.tensor([1.5, 3.0, 3.0, 3.0]))  # edges: 2 frames
+    # a smooth beat keeps most of its temporal std; the same frames out of order lose most of it
+    beat = torch.sin(torch.linspace(0, 2 * torch.pi, 16)).view(1, 16, 1)
+    shuffled = beat[:, torch.tensor([0, 8, 3, 12, 5, 14, 1, 10, 7, 15, 2, 9, 4, 13, 6, 11])]
+    std = lambda f: float(temporal_smooth(f, 3).std())  # noqa: E731
+    assert std(beat) > 0.85 * float(beat.std()) and std(shuffled) < 0.6 * float(beat.std())
 
 
 def test_r2plus1d_shapes_and_size():
@@ -29,6 +41,8 @@ def test_r2plus1d_shapes_and_size():
         encoder(torch.randn(2, 3, 32, 32))
     with pytest.raises(ConfigError):
         R2Plus1DEncoder(temporal_kernel=2)
+    with pytest.raises(ConfigError, match="temporal_smoothing"):
+        R2Plus1DEncoder(temporal_smoothing=2)
 
 
 def test_std_pooling_sees_motion():

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.encoders import check_choice, check_image
@@ -29,6 +30,16 @@ def temporal_pool(frames: Tensor, pool: str) -> Tensor:
         return mean
     std = ((frames - mean.unsqueeze(1)).pow(2).mean(1) + 1e-6).sqrt()
     return torch.cat([mean, std], dim=1)
+
+
+def temporal_smooth(frames: Tensor, width: int) -> Tensor:
+    """``(B, T, C) -> (B, T, C)``: a centred box filter of ``width`` (odd) frames over time,
+    ``g_t = mean_{|k - t| <= width // 2, 0 <= k < T} f_k`` (edges average the frames they have); ``width`` 1 is the
+    identity."""
+    if width == 1:
+        return frames
+    smoothed = F.avg_pool1d(frames.transpose(1, 2), width, stride=1, padding=width // 2, count_include_pad=False)
+    return smoothed.transpose(1, 2)
 
 
 def _pooled_dim(channels: int, pool: str) -> int:
@@ -52,7 +63,10 @@ class _R2Plus1DBlock(nn.Sequential):
 class R2Plus1DEncoder(nn.Module):
     """A small (2+1)D CNN for CPU runs: one :class:`_R2Plus1DBlock` per width, each halving the frame side
     (``spatial_stride`` 2), keeping every frame. Map ``(B, widths[-1], T, H / 2^n, W / 2^n)``; per-frame features
-    are its spatial mean; ``forward`` -> :func:`temporal_pool`, then BatchNorm (the temporal std of frame features
+    are its spatial mean, smoothed over time by :func:`temporal_smooth` (``temporal_smoothing`` frames: averages
+    out the speckle that flickers from frame to frame and keeps the beat, which spans many frames of a clip; a clip
+    whose frames are out of order loses most of its apparent motion there); ``forward`` -> :func:`temporal_pool`,
+    then BatchNorm (the temporal std of frame features
     is orders of magnitude smaller than their mean; normalising puts both on one scale for the heads):
     ``(B, output_dim)`` with ``output_dim`` = ``widths[-1]`` (``"mean"``) or ``2 widths[-1]`` (``"mean_std"``).
     Default widths: 40.3k parameters; a batch of 64 RGB clips of 16 x 64 x 64 trained at ~30 clips/s on a shared,
@@ -60,13 +74,15 @@ class R2Plus1DEncoder(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (16, 32, 64), temporal_kernel: int = 3,
-                 pool: str = "mean_std"):
+                 pool: str = "mean_std", temporal_smoothing: int = 1):
         super().__init__()
         check_choice(pool, TEMPORAL_POOLS, "echo-r2plus1d pool")
-        if not widths or temporal_kernel < 1 or temporal_kernel % 2 == 0:
-            raise ConfigError(f"echo-r2plus1d needs at least one width and an odd temporal_kernel; got widths="
-                              f"{list(widths)}, temporal_kernel={temporal_kernel}")
-        self.in_channels, self.pool = in_channels, pool
+        if not widths or temporal_kernel < 1 or temporal_kernel % 2 == 0 or temporal_smoothing < 1 or \
+                temporal_smoothing % 2 == 0:
+            raise ConfigError(f"echo-r2plus1d needs at least one width and an odd temporal_kernel and "
+                              f"temporal_smoothing; got widths={list(widths)}, temporal_kernel={temporal_kernel}, "
+                              f"temporal_smoothing={temporal_smoothing}")
+        self.in_channels, self.pool, self.temporal_smoothing = in_channels, pool, temporal_smoothing
         blocks: List[nn.Module] = []
         channels = in_channels
         for width in widths:
@@ -83,7 +99,7 @@ class R2Plus1DEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         frames = self.feature_map(x).mean((3, 4)).transpose(1, 2)  # (B, T, C)
-        return self.norm(temporal_pool(frames, self.pool))
+        return self.norm(temporal_pool(temporal_smooth(frames, self.temporal_smoothing), self.pool))
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         """``(B, T h w, map_channels)``, frame-major."""
