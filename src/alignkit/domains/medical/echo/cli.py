@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Optional
 
 from alignkit.core.registry import COMMANDS
 
 DEFAULT_MODEL = Path("runs") / "demo-echo" / "run"
 
 
-def run_interpret(args: argparse.Namespace) -> int:
+def print_interpretation(module: Any, index: Any, study_dir: str | Path, k: int = 5,
+                         attention_png: Optional[str | Path] = None) -> Any:
+    """Interpret ``study_dir`` with ``module`` (an ``echo-clip`` model) and its report ``index``
+    (:func:`~alignkit.domains.medical.echo.interpret.interpret_study`), print the assembled report with its
+    evidence, and with ``attention_png`` write the section attention over the videos there. Returns the
+    :class:`~alignkit.domains.medical.echo.interpret.Interpretation`."""
     from alignkit.domains.medical.echo.evaluate import plot_section_attention
-    from alignkit.domains.medical.echo.interpret import INDEX_DIR, ReportIndex, interpret_study, load_echo_model
+    from alignkit.domains.medical.echo.interpret import interpret_study
+    result = interpret_study(module, index, study_dir, k=k)
+    print(f"STUDY: {study_dir}")
+    print(result.format())
+    if attention_png and result.attention is not None:
+        labels = [f"{n} ({v})" for n, v in zip(result.videos, result.views)]
+        path = plot_section_attention(result.attention, result.attention_sections, labels, attention_png)
+        print(f"attention: {path}")
+    return result
+
+
+def run_interpret(args: argparse.Namespace) -> int:
+    from alignkit.domains.medical.echo.interpret import INDEX_DIR, ReportIndex, load_echo_model
     model_dir = Path(args.model)
     index = ReportIndex.load(Path(args.index) if args.index else model_dir / INDEX_DIR)
-    result = interpret_study(load_echo_model(model_dir), index, args.study_dir, k=args.k)
-    print(f"STUDY: {args.study_dir}")
-    print(result.format())
-    if args.attention_png and result.attention is not None:
-        labels = [f"{n} ({v})" for n, v in zip(result.videos, result.views)]
-        path = plot_section_attention(result.attention, result.attention_sections, labels, args.attention_png)
-        print(f"attention: {path}")
+    print_interpretation(load_echo_model(model_dir), index, args.study_dir, k=args.k,
+                         attention_png=args.attention_png)
     return 0
 
 
