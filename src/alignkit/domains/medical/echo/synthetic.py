@@ -36,7 +36,7 @@ least one full beat and holds an exact ED frame and an exact ES frame (the trace
 
 Findings (:data:`FINDINGS`; each visible only in the views that show its structure, :func:`finding_views`):
 ``dilated_lv`` (EDV 180-260 mL), ``dilated_la`` (LA x1.35-1.6), ``pericardial_effusion`` (a dark rim of
-2-5 % of the frame between the heart and the bright pericardium; in A4C, PLAX, PSAX and subcostal views) and
+5-10 % of the frame between the heart and the bright pericardium; in A4C, PLAX, PSAX and subcostal views) and
 ``dilated_rv`` (RV x1.35-1.55).
 
 Reports (:func:`write_report`): INDICATION, LEFT VENTRICLE (size, EF as a number or a range, systolic
@@ -211,7 +211,7 @@ def plan_study(index: int, seed: int, views: Sequence[str], findings: Sequence[s
               "LA": 1.35 + 0.25 * level[severity["dilated_la"]] if present["dilated_la"] else rng.uniform(0.9, 1.1),
               "RV": 1.35 + 0.2 * level[severity["dilated_rv"]] if present["dilated_rv"] else rng.uniform(0.9, 1.1),
               "RA": rng.uniform(0.9, 1.1), "AO": rng.uniform(0.9, 1.1), "vessel": rng.uniform(0.9, 1.1)}
-    effusion = 0.02 + 0.03 * level[severity["pericardial_effusion"]] if present["pericardial_effusion"] else 0.0
+    effusion = 0.05 + 0.05 * level[severity["pericardial_effusion"]] if present["pericardial_effusion"] else 0.0
     others = [v for v in views if v not in required_views]
     count = max(0, min(videos_per_study, len(views)) - len(required_views))
     chosen = list(required_views) + [others[k] for k in sorted(rng.choice(len(others), size=count, replace=False))]
