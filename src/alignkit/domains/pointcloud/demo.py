@@ -29,6 +29,7 @@ from rich.table import Table
 
 from alignkit.core.api import AlignedModel
 from alignkit.core.config import configs_dir, load_config, to_plain
+from alignkit.core.demo import results_table
 from alignkit.core.evaluate import class_embeddings, embed_loader, topk_accuracy, zero_shot_predict
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.runner import CHECKPOINT_DIR, LAST_CHECKPOINT, train, write_metrics
@@ -125,17 +126,15 @@ def zero_shot_among(model: AlignedModel, datamodule: Any, params: Dict[str, Any]
 
 
 def _table(metrics: Dict[str, float], fast: bool) -> Table:
-    table = Table(title=f"alignkit demo pointcloud{' --fast' if fast else ''}: held-out instances")
-    for col in ("metric", "value", "chance / baseline", "target", "met"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+    rows = []
     for t in TARGETS:
         bound = t.threshold(metrics, fast)
-        value = metrics[t.metric]
-        table.add_row(t.label, f"{value:.3f}", f"{t.baseline_value(metrics):.3f}", f">= {bound:.3f}",
-                      "yes" if value >= bound else "NO")
-    for label, metric, chance in REPORTED:
-        table.add_row(label, f"{metrics[metric]:.3f}", "-" if chance != chance else f"{chance:.3f}", "-", "-")
-    return table
+        rows.append((t.label, metrics[t.metric], f"{t.baseline_value(metrics):.3f}", f">= {bound:.3f}",
+                     "yes" if metrics[t.metric] >= bound else "NO"))
+    rows += [(label, metrics[metric], "-" if chance != chance else f"{chance:.3f}", "-", "-")
+             for label, metric, chance in REPORTED]
+    return results_table(f"alignkit demo pointcloud{' --fast' if fast else ''}: held-out instances", rows,
+                         columns=("metric", "value", "chance / baseline", "target", "met"))
 
 
 @DEMOS.register("pointcloud")
