@@ -398,7 +398,8 @@ class VoltronModule(L.LightningModule):
         cond = ["" if g else t for g, t in zip(generate.tolist(), texts)]
         lang, lang_mask = enc.language(cond)
         h = self.enc_to_dec(enc.encode(visible.flatten(1, 2), lang, lang_mask)).view(b, f, k, -1)
-        full = self.mask_token.expand(b, f, n, h.shape[-1]).scatter(2, keep[:, None, :, None].expand_as(h), h)
+        tokens_in = self.mask_token.to(h.dtype).expand(b, f, n, h.shape[-1])  # bf16 under autocast
+        full = tokens_in.scatter(2, keep[:, None, :, None].expand_as(h), h)
         seq = (full + self.decoder_pos + self.decoder_frame[:, None]).flatten(1, 2)  # (B, F*N, Wd)
         attn_mask = None
         if self.variant == "v-gen":
