@@ -13,12 +13,36 @@ from alignkit.plugins import load_all
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
+    """A synthetic LeRobot dataset shaped as the config's model reads it (cameras, image size, state, actions) and,
+    for a policy over a pretrained Voltron export, a small random export of that image size."""
+    from omegaconf import OmegaConf
+    from alignkit.domains.robotics.models.voltron import VoltronEncoder
+    from alignkit.domains.robotics.synthetic import write_synthetic_lerobot
+    cfg = OmegaConf.load(request.node.callspec.params["path"])
+    tmp, params = request.getfixturevalue("tmp_path"), cfg.model.params
+    size = int(cfg.data.params.get("image_size") or params.get("image_size") or params.get("img_size") or 64)
+    cameras = list(params.get("cameras") or ["image"])
+    root = write_synthetic_lerobot(tmp / "lerobot", 3, 6, cameras=cameras, image_size=size,
+                                   state_dim=int(params.get("state_dim", 2)),
+                                   action_dim=int(params.get("action_dim", 2)),
+                                   num_actions=int(params.get("num_actions", 0)))
+    overrides = [f"data.params.root={root}"]
+    encoder = params.get("image_encoder")
+    if OmegaConf.is_dict(encoder) and encoder.name == "voltron-pretrained":
+        patch = 16 if size >= 128 else 8
+        export = VoltronEncoder(img_size=size, patch_size=patch, width=16, depth=1, heads=2).export(tmp / "voltron")
+        overrides.append(f"model.params.image_encoder.params.path={export}")
+    return overrides
+
+
 # tiny-data overrides per dataset name: each returns `--set` items pointing the config at tiny inputs
 TINY_DATA: Dict[str, Callable[[pytest.FixtureRequest], List[str]]] = {
     "paired-csv": lambda request: [f"data.params.root={request.getfixturevalue('shapes_tiny')}"],
     "cxr": lambda request: [f"data.params.root={request.getfixturevalue('cxr_tiny')}", "data.params.image_size=64"],
     "echo-studies": lambda request: [f"data.params.root={__import__('alignkit.domains.medical.echo.synthetic', fromlist=['_']).write_synthetic_echo(request.getfixturevalue('tmp_path') / 'echo', 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))}", "data.params.image_size=32", "data.params.num_frames=4"],
     "modelnet40": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.synthetic', fromlist=['_']).write_synthetic_modelnet(request.getfixturevalue('tmp_path') / 'modelnet', 1, 1).root}", "data.params.num_points=1024", "data.params.surface_points=2048", "data.params.image_size=32", "data.params.num_views=2", f"data.params.cache_dir={request.getfixturevalue('tmp_path') / 'cache'}"],
+    "lerobot": lerobot_tiny,
     "rgbd-frames": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.rgbd', fromlist=['_']).write_synthetic_scenes(request.getfixturevalue('tmp_path') / 'scenes', 4, 4, image_size=32, split_fractions=(3, 0, 1)).root}", "data.params.num_points=256"],
 }
 
