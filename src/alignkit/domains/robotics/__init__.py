@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # CPU rendering; must be set before mujoco is first imported
 
-from alignkit.domains.robotics import (cli, collect, dataset, envs, policy,  # noqa: E402,F401  (registrations)
+from alignkit.domains.robotics import (cli, collect, dataset, demo, envs, policy,  # noqa: E402,F401  (registrations)
                                       rollout)
 from alignkit.domains.robotics.models import bc, gr1, voltron  # noqa: E402,F401
