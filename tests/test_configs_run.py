@@ -12,6 +12,7 @@ from alignkit.core.runner import train
 from alignkit.plugins import load_all
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_IMAGE = 64  # frames of the tiny robotics datasets at most this side
 
 def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
     """A synthetic LeRobot dataset shaped as the config's model reads it (cameras, image size, state, actions) and,
@@ -22,12 +23,19 @@ def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
     cfg = OmegaConf.load(request.node.callspec.params["path"])
     tmp, params = request.getfixturevalue("tmp_path"), cfg.model.params
     size = int(cfg.data.params.get("image_size") or params.get("image_size") or params.get("img_size") or 64)
+    shrink = []
+    if size > TINY_IMAGE:  # GPU configs (224 px) run their step on tiny frames, as the X-ray ResNet-50 configs do
+        size = TINY_IMAGE
+        shrink = [f"{key}={size}" for key, value in (("data.params.image_size", cfg.data.params.get("image_size")),
+                                                     ("model.params.image_size", params.get("image_size")),
+                                                     ("model.params.img_size", params.get("img_size")))
+                  if value is not None]
     cameras = list(params.get("cameras") or ["image"])
     root = write_synthetic_lerobot(tmp / "lerobot", 3, 6, cameras=cameras, image_size=size,
                                    state_dim=int(params.get("state_dim", 2)),
                                    action_dim=int(params.get("action_dim", 2)),
                                    num_actions=int(params.get("num_actions", 0)))
-    overrides = [f"data.params.root={root}"]
+    overrides = [f"data.params.root={root}", *shrink]
     encoder = params.get("image_encoder")
     if OmegaConf.is_dict(encoder) and encoder.name == "voltron-pretrained":
         patch = 16 if size >= 128 else 8
