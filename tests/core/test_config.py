@@ -59,3 +59,23 @@ def test_missing_required_value_is_reported() -> None:
 def test_objective_must_name_a_tower() -> None:
     with pytest.raises(ConfigError, match="imgae"):
         load_config(CONFIG, ["data.params.root=/x", "model.objectives.0.a=imgae"])
+
+
+@pytest.mark.parametrize("asked, cap, expected", [(2, None, 2), (2, "1", 1), (1, "4", 1), (None, "3", 3),
+                                                  (None, None, 0)])
+def test_num_threads_is_capped_by_the_environment(asked, cap, expected, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignkit.core.runner import MAX_THREADS_ENV, config_threads
+    if cap is None:
+        monkeypatch.delenv(MAX_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(MAX_THREADS_ENV, cap)
+    cfg = load_config(CONFIG, ["data.params.root=/x", f"num_threads={'null' if asked is None else asked}"])
+    assert config_threads(cfg) == expected
+
+
+@pytest.mark.parametrize("cap", ["0", "two"])
+def test_a_bad_thread_cap_is_refused(cap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignkit.core.runner import MAX_THREADS_ENV, config_threads
+    monkeypatch.setenv(MAX_THREADS_ENV, cap)
+    with pytest.raises(ConfigError, match=MAX_THREADS_ENV):
+        config_threads(load_config(CONFIG, ["data.params.root=/x"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -110,6 +111,26 @@ def run_evaluators(cfg: DictConfig, model: Any, datamodule: Any, out_dir: Path) 
     return metrics
 
 
+MAX_THREADS_ENV = "ALIGNKIT_MAX_THREADS"
+
+
+def config_threads(cfg: DictConfig) -> int:
+    """The config's ``num_threads`` (0: leave torch's default), capped by the ``ALIGNKIT_MAX_THREADS``
+    environment variable when it is set: a scheduler's CPU share, or one thread per pytest-xdist worker,
+    since two processes each running two intra-op threads on two cores run several times slower."""
+    threads = int(cfg.get("num_threads") or 0)
+    cap = os.environ.get(MAX_THREADS_ENV)
+    if cap:
+        try:
+            cap_threads = int(cap)
+        except ValueError:
+            raise ConfigError(f"{MAX_THREADS_ENV}={cap!r} is not a whole number of threads") from None
+        if cap_threads < 1:
+            raise ConfigError(f"{MAX_THREADS_ENV} must be at least 1; got {cap_threads}")
+        threads = min(threads, cap_threads) if threads else cap_threads
+    return threads
+
+
 def train(cfg: DictConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
     """Train (or, with ``resume``, continue from ``checkpoints/last.ckpt``), evaluate, write metrics.json.
 
@@ -123,8 +144,9 @@ def train(cfg: DictConfig, resume: bool = False, callbacks: Sequence[L.Callback]
         raise ConfigError(f"run folder {run_dir} already holds a checkpoint; pass --resume to continue it "
                           f"or choose another name (--set name=...) or out_dir")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    threads = config_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     datamodule = build_datamodule(cfg)

