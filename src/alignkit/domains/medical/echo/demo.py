@@ -41,8 +41,10 @@ K = 5
 ARCHIVES = {False: dict(num_studies=450, image_size=32, frames=32),
             True: dict(num_studies=200, image_size=32, frames=32)}
 """The synthetic archive of the full and the ``--fast`` demo (4 videos per study, 70/15/15 % splits)."""
-FAST_OVERRIDES = ["trainer.max_steps=120", "data.batch_size=48", "optim.warmup_steps=15",
-                  "trainer.val_check_interval=120"]
+FAST_OVERRIDES = ["trainer.max_steps=300", "data.batch_size=32", "data.params.num_frames=8", "data.params.stride=4",
+                  "optim.warmup_steps=30", "trainer.val_check_interval=300"]
+"""``--fast``: 300 steps of 32 studies' clips of 8 frames 4 apart (still a full beat, a third of the full demo's
+frame work per clip)."""
 
 
 @dataclass(frozen=True)
@@ -70,20 +72,20 @@ class Target:
 TARGETS: Tuple[Target, ...] = (
     Target("view accuracy", "view/accuracy", "view/majority", ">=", (0.95, None), (0.90, None)),
     Target("EF MAE by retrieval (%)", "ef/retrieval_mae", "ef/mean_mae", "<=", (0.40, "ef/mean_mae"),
-           (1.10, "ef/mean_mae")),
+           (0.80, "ef/mean_mae")),
     Target("EF MAE by retrieval, single frame", "single/ef/retrieval_mae", "ef/mean_mae", ">=",
            (0.60, "ef/mean_mae"), (1.50, "ef/mean_mae")),
     Target("EF MAE by retrieval, shuffled frames", "shuffled/ef/retrieval_mae", "ef/mean_mae", ">=",
-           (0.60, "ef/mean_mae"), (1.00, "ef/mean_mae")),
+           (0.60, "ef/mean_mae"), (0.55, "ef/mean_mae")),
     Target("findings AUROC by retrieval, mean", "findings/auroc_mean", "chance/auroc", ">=", (0.85, None),
-           (0.60, None)),
+           (0.85, None)),
     Target("findings AUROC by retrieval, worst", "findings/auroc_min", "chance/auroc", ">=", (0.80, None),
-           (0.0, None)),
+           (0.75, None)),
 )
-"""Full-demo bounds (the issue's) and ``--fast`` bounds: what the 120-step fast run measured (view 0.97, single
-frame 2.4x and shuffled frames 1.5x the mean's EF MAE, findings AUROC 0.63-0.64 mean) less a margin. The fast
-run does not learn the EF yet (retrieval MAE 1.0x the mean's; its EF bound only guards against worse), nor every
-finding (worst AUROC 0.45-0.53 between runs: not bounded in --fast)."""
+"""Full-demo bounds (the issue's) and ``--fast`` bounds: what the fast run measured (view 0.98; EF retrieval MAE
+0.65x the mean's, a single repeated frame 2.5x, shuffled frames 0.68x: 8 frames 4 apart carry the range of chamber
+sizes, which survives shuffling, so only the full demo's 16-frame clips are judged on it at 0.60; findings AUROC
+0.97 mean, 0.93 worst) less a margin."""
 INFO = (("EF MAE by ridge probe (%)", "ef/probe_mae", "ef/mean_mae"), ("EF R^2 by retrieval", "ef/retrieval_r2", None),
         ("EF R^2 by ridge probe", "ef/probe_r2", None),
         ("EF MAE by retrieval, attention pooling", "attention/ef/retrieval_mae", "ef/mean_mae"),
