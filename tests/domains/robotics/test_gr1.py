@@ -106,6 +106,29 @@ def test_instruction_changes_the_actions():
     assert not torch.allclose(a[0], b[0])
 
 
+@pytest.mark.parametrize("positions", [True, False])
+def test_patch_positions_tell_where_a_patch_lies(positions: bool):
+    """The resampler is blind to token order: only with patch_positions do actions change when the same patch
+    features come in another spatial order (what "the ball on your left" needs)."""
+    model = tiny_gr1(patch_positions=positions)
+    data = batch(4)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(B, T, 16, model.feature_dim, generator=g)
+    order = torch.randperm(16, generator=g)
+
+    def arm(tokens: Tensor) -> Tensor:
+        model.image_tokens = lambda inputs, camera, last=False: tokens
+        return outputs(model, data)["arm"]
+
+    moved = arm(feats[:, :, order])
+    if positions:
+        assert not torch.allclose(arm(feats), moved, atol=1e-4)
+        assert model.patch_position_embedding(16).shape == (16, 32)
+        assert model.patch_position_embedding(6).shape == (6, 32)  # not a square: one row
+    else:
+        torch.testing.assert_close(arm(feats), moved, atol=1e-5, rtol=1e-4)
+
+
 def test_perceiver_resampler_shape_and_mask():
     torch.manual_seed(0)
     resampler = PerceiverResampler(16, num_latents=5, depth=2, heads=2, dim_head=8)

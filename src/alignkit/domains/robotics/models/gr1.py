@@ -13,11 +13,14 @@ tower with ``forward_tokens``) mapped to ``width`` by a per-patch 2-layer MLP an
 Attention (:func:`gr1_attention_mask`): every token of step ``t`` sees the observation tokens (instruction,
 state, image) of the valid steps ``<= t``; queries are seen by nobody else; padded history steps are hidden.
 
-Two changes to GR-1 let it learn from frozen features of a briefly pretrained encoder in minutes on a CPU:
-the per-patch MLP instead of GR-1's linear projection, and (``instruction_queries``) resampler latents
+Three changes to GR-1 for frozen features of a briefly pretrained encoder on a CPU: the per-patch MLP instead of GR-1's linear projection, and (``instruction_queries``) resampler latents
 offset by the projected instruction, ``z_0 = Z + W_q l``, so that they pool the patches the instruction asks
-about. On BabyAI PickupLoc (frozen features of a V-Cond pretrained for 2 minutes, 150 s of training on a
-busy 2-core CPU) success was 57% with both changes and 15% with neither.
+about. The resampler is blind to the order of its inputs and a frozen MAE-style encoder need not keep where a
+patch lies (its decoder adds positions again), so ``patch_positions`` adds a fixed 2-D sine-cosine embedding to
+the projected patch tokens: instructions such as "the ball on your left" are about position. With the demo
+configs on BabyAI PickupLoc (5,000 bot demonstrations, V-Cond 300 steps, GR-1 1,500 steps, 1 thread) GR-1 fits 75% of the bot's training actions and succeeds in 17% of test layouts
+(18% with instruction-conditioned features), against 9-10% with a shuffled instruction and 14% for a random
+policy: far below the 55% the demo targets, so the BabyAI policy is not solved yet.
 
 Heads: [ACT] -> :class:`~alignkit.domains.robotics.policy.ActionHead` (smooth L1 arm, BCE gripper, or
 cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
@@ -89,6 +92,8 @@ class GR1Module(PolicyModule):
         width, depth, heads, mlp_ratio, dropout: the causal transformer.
         num_latents, perceiver_depth, perceiver_heads: the resampler (``K = num_latents`` tokens per camera).
         instruction_queries: offset the resampler's latents by the projected instruction (see above).
+        patch_positions: add a fixed 2-D sine-cosine position embedding to the projected patch tokens before the
+            resampler, which is blind to token order (see above).
         objective: ``"policy"`` (actions + frames) or ``"video"`` (frames only).
         predict_frames: add the [OBS] queries and the frame loss.
         frame_camera: the camera whose future frame is predicted (default the first).
@@ -112,7 +117,7 @@ class GR1Module(PolicyModule):
                  gripper_values: Tuple[float, float] = (-1.0, 1.0), stats: Optional[Stats] = None, history: int = 4,
                  width: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  num_latents: int = 6, perceiver_depth: int = 2, perceiver_heads: int = 4,
-                 instruction_queries: bool = True, objective: str = "policy",
+                 instruction_queries: bool = True, patch_positions: bool = True, objective: str = "policy",
                  predict_frames: bool = True, frame_camera: Optional[str] = None, frame_offset: int = 1,
                  image_size: int = 64, frame_patch_size: int = 8, num_obs_queries: Optional[int] = None,
                  frame_decoder_depth: int = 1, norm_pixel_loss: bool = True, arm_weight: float = 1.0,
@@ -144,6 +149,8 @@ class GR1Module(PolicyModule):
         self.resampler = PerceiverResampler(width, num_latents=num_latents, depth=perceiver_depth,
                                             heads=perceiver_heads, dim_head=width // perceiver_heads)
         self.query_proj = nn.Linear(int(self.text.output_dim), width) if instruction_queries else None
+        self.patch_positions = bool(patch_positions)
+        self._patch_pos: Dict[int, Tensor] = {}
         self.camera_embed = nn.Parameter(torch.randn(len(self.cameras), width) * 0.02)
         self.observed = 1 + (1 if state_dim else 0) + num_latents * len(self.cameras)
         self.num_obs_queries = (num_obs_queries or num_latents + 1) if predict_frames else 0
@@ -179,9 +186,20 @@ class GR1Module(PolicyModule):
             tokens.append(self.state_proj(self.normalized_state(inputs.state.to(self.device)))[:, :, None])
         for i, camera in enumerate(self.cameras):
             feats = self.feature_proj(self.image_tokens(inputs, camera))
+            if self.patch_positions:
+                feats = feats + self.patch_position_embedding(feats.shape[-2]).to(feats)
             latents = self.resampler(feats.flatten(0, 1), offset=offset).view(b, t, -1, feats.shape[-1])
             tokens.append(latents + self.camera_embed[i])
         return torch.cat(tokens, dim=2)
+
+    def patch_position_embedding(self, n: int) -> Tensor:
+        """``(n, width)`` fixed position embedding of ``n`` patch tokens: 2-D sine-cosine over a square grid when
+        ``n`` is a square, else over one row of ``n`` (memoised per ``n``)."""
+        if n not in self._patch_pos:
+            side = int(round(n ** 0.5))
+            grid = (side, side) if side * side == n else (1, n)
+            self._patch_pos[n] = sincos_position_embedding(self.queries.shape[-1], *grid).to(self.device)
+        return self._patch_pos[n]
 
     def forward(self, inputs: PolicyInputs) -> PolicyOutput:
         """Actions for all ``T`` steps and the [OBS] outputs ``(B, T, Q, width)`` (None without frame prediction)."""
