@@ -20,7 +20,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # cap also holds for configs that ask for more (num_threads: 2 in the CPU demo configs), which otherwise ran
     # 3-6x slower beside another worker.
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ["ALIGNKIT_MAX_THREADS"] = "1"
+        from alignkit.core.runner import MAX_THREADS_ENV
+        os.environ[MAX_THREADS_ENV] = "1"
         torch.set_num_threads(1)
 
 

@@ -22,7 +22,7 @@ def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
     from alignkit.domains.robotics.synthetic import write_synthetic_lerobot
     cfg = OmegaConf.load(request.node.callspec.params["path"])
     tmp, params = request.getfixturevalue("tmp_path"), cfg.model.params
-    size = int(cfg.data.params.get("image_size") or params.get("image_size") or params.get("img_size") or 64)
+    size = int(cfg.data.params.get("image_size") or params.get("image_size") or params.get("img_size") or TINY_IMAGE)
     shrink = []
     if size > TINY_IMAGE:  # GPU configs (224 px) run their step on tiny frames, as the X-ray ResNet-50 configs do
         size = TINY_IMAGE
