@@ -14,14 +14,15 @@ Attention (:func:`gr1_attention_mask`): every token of step ``t`` sees the obser
 state, image) of the valid steps ``<= t``; queries are seen by nobody else; padded history steps are hidden.
 
 Three changes to GR-1 for frozen features of a briefly pretrained encoder on a CPU: the per-patch MLP instead of
-GR-1's linear projection, and (``instruction_queries``) resampler latents offset by the projected instruction,
-``z_0 = Z + W_q l``, so that they pool the patches the instruction asks about. The resampler is blind to the order
-of its inputs and a frozen MAE-style encoder need not keep where a patch lies (its decoder adds positions again),
-so ``patch_positions`` adds a fixed 2-D sine-cosine embedding to the projected patch tokens: instructions such as
-"the ball on your left" are about position. With the demo configs on BabyAI PickupLoc (5,000 bot demonstrations,
-V-Cond 300 steps, GR-1 1,500 steps, 1 thread) GR-1 fits 75% of the bot's training actions and succeeds in 17% of
-test layouts (18% with instruction-conditioned features), against 9-10% with a shuffled instruction and 14% for a
-random policy: far below the 55% the demo targets, so the BabyAI policy is not solved yet.
+GR-1's linear projection; (``instruction_queries``) resampler latents offset by the projected instruction, ``z_0 =
+Z + W_q l``, so that they pool the patches the instruction asks about; and, since the resampler is blind to the
+order of its inputs and a frozen MAE-style encoder need not keep where a patch lies (its decoder adds positions
+again), ``patch_positions``, which adds a fixed 2-D sine-cosine embedding to the projected patch tokens:
+instructions such as "the ball on your left" are about position. With the demo configs on BabyAI PickupLoc (5,000
+bot demonstrations, V-Cond 300 steps, GR-1 1,500 steps, 1 thread) GR-1 fits 75% of the bot's training actions and
+succeeds in 17% of test layouts (18% with instruction-conditioned features), against 9-10% with a shuffled
+instruction and 14% for a random policy: far below the 55% the demo targets, so the BabyAI policy is not solved
+yet.
 
 Heads: [ACT] -> :class:`~alignkit.domains.robotics.policy.ActionHead` (smooth L1 arm, BCE gripper, or
 cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
