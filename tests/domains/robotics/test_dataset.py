@@ -281,6 +281,19 @@ def test_random_access_equals_sequential_decode(lossy):
     reader.close()
 
 
+def test_cached_frames_equal_decoded_ones_and_are_decoded_once(lossy):
+    plain, cached = LeRobotDataset(lossy, window=3), LeRobotDataset(lossy, window=3, cache_frames=True)
+    order = np.random.default_rng(2).permutation(len(plain))
+    for i in [*order, *order[:5]]:
+        a, b = plain[int(i)], cached[int(i)]
+        torch.testing.assert_close(a["observation.images.top"], b["observation.images.top"], rtol=0, atol=0)
+    assert len(cached._frame_cache) == cached.num_episodes * len(cached.camera_keys)  # one decode per episode, camera
+    cached._readers = None  # a second pass reads from memory only
+    for i in order[:5]:
+        torch.testing.assert_close(plain[int(i)]["observation.images.top"],
+                                   cached[int(i)]["observation.images.top"], rtol=0, atol=0)
+
+
 def test_dataloader_workers_give_the_same_items(lossless):
     ds = LeRobotDataset(lossless, window=3)
     direct = collate_samples([ds[i] for i in range(8)])  # opens decoders in this process first

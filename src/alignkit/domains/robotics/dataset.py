@@ -650,11 +650,15 @@ class LeRobotDataset(Dataset):
     only those ``episode_index`` values. Bad episodes (missing frames, state/action vectors of the wrong
     length, a video shorter than its parquet, an unknown task index) raise :class:`EpisodeError` naming
     the episode, or with ``skip_bad=True`` are left out and listed in ``skipped`` as ``(where, reason)``.
+
+    ``cache_frames`` keeps every episode's decoded frames in memory (uint8, ``frames * H * W * 3`` bytes per
+    camera) after its first read, so later epochs decode nothing: for small datasets trained many epochs
+    (random windows otherwise cost a video seek each).
     """
 
     def __init__(self, root: PathLike, window: int = 1, cameras: Optional[Sequence[str]] = None,
                  image_size: Optional[Union[int, Tuple[int, int]]] = None, skip_bad: bool = False,
-                 episodes: Optional[Sequence[int]] = None):
+                 episodes: Optional[Sequence[int]] = None, cache_frames: bool = False):
         self.root = Path(root)
         if window < 1:
             raise ConfigError(f"window must be at least 1, got {window}")
@@ -687,6 +691,8 @@ class LeRobotDataset(Dataset):
         self.tasks = _read_tasks(self.root, self.version)
         self.stats = self._read_stats()
         self._readers = _ReaderCache()
+        self.cache_frames = bool(cache_frames)
+        self._frame_cache: Dict[Tuple[int, str], np.ndarray] = {}
         self._load(episodes)
 
     @staticmethod
@@ -847,7 +853,12 @@ class LeRobotDataset(Dataset):
         """uint8 ``(len(steps), H, W, 3)``: the frames of ``camera_key`` at ``steps`` of the ``position``-th episode."""
         ep = self._episodes[position]
         video, frame_of_step = ep.videos[camera_key]
-        return self._readers.get(video, self.fps).read(frame_of_step[np.asarray(steps)])
+        if not self.cache_frames:
+            return self._readers.get(video, self.fps).read(frame_of_step[np.asarray(steps)])
+        key = (position, camera_key)
+        if key not in self._frame_cache:
+            self._frame_cache[key] = self._readers.get(video, self.fps).read(frame_of_step)
+        return self._frame_cache[key][np.asarray(steps)]
 
     def _images(self, frames: np.ndarray) -> Tensor:
         images = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
@@ -939,11 +950,11 @@ class LeRobotSplit(LeRobotDataset):
 
     def __init__(self, root: PathLike, split: str = "train", window: int = 1, cameras: Optional[Sequence[str]] = None,
                  image_size: Optional[Union[int, Tuple[int, int]]] = None, skip_bad: bool = False,
-                 holdout: Optional[Mapping[str, float]] = None, split_seed: int = 0):
+                 holdout: Optional[Mapping[str, float]] = None, split_seed: int = 0, cache_frames: bool = False):
         info_path = Path(root) / INFO_PATH
         if not info_path.is_file():
             raise FileNotFoundError(f"{root} is not a LeRobot dataset: no {INFO_PATH}")
         self.split = split
         episodes = split_episodes(json.loads(info_path.read_text()), split, holdout, split_seed)
         super().__init__(root, window=window, cameras=cameras, image_size=image_size, skip_bad=skip_bad,
-                         episodes=episodes)
+                         episodes=episodes, cache_frames=cache_frames)
