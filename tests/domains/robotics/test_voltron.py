@@ -214,6 +214,28 @@ def test_export_and_reload_give_the_same_features(tmp_path):
         load_voltron_encoder(str(tmp_path / "missing"))
 
 
+def test_feature_layer_gives_the_residual_stream_of_that_block(tmp_path):
+    torch.manual_seed(0)
+    enc = VoltronEncoder(img_size=16, patch_size=4, width=32, depth=2, heads=2, num_frames=1).eval()
+    folder = enc.export(tmp_path / "voltron")
+    x = frames(2, 1)[:, 0]
+    with torch.no_grad():
+        tokens = enc.embed_frames(x[:, None]).flatten(1, 2)  # the patch embeddings with positions
+        lang, mask = enc.language(["", ""])
+        stream = torch.cat([tokens, lang], dim=1)
+        keys = torch.cat([mask.new_ones(tokens.shape[:2]), mask], dim=1)[:, None]
+        after_one = enc.transformer.blocks[0](stream, keys)[:, :16]
+        layer0 = load_voltron_encoder(str(folder), feature_layer=0).forward_tokens(x)
+        layer1 = load_voltron_encoder(str(folder), feature_layer=1).forward_tokens(x)
+        last = load_voltron_encoder(str(folder)).forward_tokens(x)
+    torch.testing.assert_close(layer0, tokens)
+    torch.testing.assert_close(layer1, after_one)
+    torch.testing.assert_close(last, enc.forward_tokens(x))
+    assert not torch.allclose(layer1, last)
+    with pytest.raises(ConfigError, match="feature_layer 3 is outside 0..2"):
+        load_voltron_encoder(str(folder), feature_layer=3)
+
+
 def test_lightning_fits_a_dataset_batch(tmp_path):
     m = MODELS.build("voltron", variant="v-dual", text_encoder=TINY_TEXT, optim={"lr": 1e-3, "warmup_steps": 1},
                      **ARCH)

@@ -66,17 +66,20 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """``depth`` :class:`TransformerBlock` s sharing one mask, then a final LayerNorm."""
+    """``depth`` :class:`TransformerBlock` s sharing one mask, then a final LayerNorm (``forward(x, mask, layers=k)``:
+    the residual stream after the first ``k`` blocks instead, without the norm; ``k = 0`` is the input)."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        for block in self.blocks:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, layers: Optional[int] = None) -> Tensor:
+        if layers is not None and not 0 <= layers <= len(self.blocks):
+            raise ValueError(f"layers {layers} is outside 0..{len(self.blocks)} (the transformer's depth)")
+        for block in self.blocks[:layers]:
             x = block(x, mask)
-        return self.norm(x)
+        return self.norm(x) if layers is None else x
 
 
 class PerceiverLayer(nn.Module):

@@ -189,6 +189,11 @@ class VoltronEncoder(nn.Module):
 
     Token ``n`` of frame ``f`` is ``E x_{f,n} + pos_n + frame_f + image_type``; a language token is
     ``W_l h_l + lang_type``. ``output_dim`` is ``width``.
+
+    ``feature_layer`` (None: the last, normed) makes :meth:`extract_features` return the tokens after that many
+    blocks (0: the patch embeddings with positions). A briefly pretrained encoder's last layer can blur what a
+    single patch shows, while its first layers keep it: on BabyAI symbolic views (one cell per patch, V-Cond 300
+    steps) a GR-1 reading the last layer stays at the majority action with a one-step history.
     """
 
     def __init__(self, img_size: int = 64, patch_size: int = 8, in_channels: int = 3, width: int = 96, depth: int = 4,
@@ -203,6 +208,7 @@ class VoltronEncoder(nn.Module):
                            max_lang_tokens=max_lang_tokens)
         self.img_size, self.patch_size, self.in_channels = img_size, patch_size, in_channels
         self.num_frames, self.max_lang_tokens = num_frames, max_lang_tokens
+        self.feature_layer: Optional[int] = None
         self.grid = img_size // patch_size
         self.output_dim = width
         self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
@@ -239,14 +245,14 @@ class VoltronEncoder(nn.Module):
         x = x.view(b, f, self.num_patches, -1) + self.pos_embed
         return x + self.frame_embed[:, None] + self.image_type
 
-    def encode(self, visual: Tensor, lang: Tensor, lang_mask: Tensor) -> Tensor:
+    def encode(self, visual: Tensor, lang: Tensor, lang_mask: Tensor, layers: Optional[int] = None) -> Tensor:
         """Joint encoding of ``[visual (B, M, W); lang (B, L, W)]`` (language padding hidden as keys); returns the
-        visual outputs ``(B, M, W)``."""
+        visual outputs ``(B, M, W)`` (after the first ``layers`` blocks, unnormed, if given)."""
         keys = torch.cat([lang_mask.new_ones(visual.shape[:2]), lang_mask], dim=1)[:, None]  # (B, 1, M + L)
-        return self.transformer(torch.cat([visual, lang], dim=1), keys)[:, :visual.shape[1]]
+        return self.transformer(torch.cat([visual, lang], dim=1), keys, layers=layers)[:, :visual.shape[1]]
 
     def extract_features(self, frames: Tensor, instruction: Union[None, str, Sequence[str]] = None) -> Tensor:
-        """Patch features ``(B, N, width)`` of the last frame, with nothing masked.
+        """Patch features ``(B, N, width)`` of the last frame, with nothing masked (of ``feature_layer``).
 
         ``frames``: ``(B, C, H, W)`` or ``(B, F, C, H, W)`` in [0, 1]; a two-frame encoder given one frame uses it
         as both initial and current frame. ``instruction``: None (blank caption), one string for the batch, or
@@ -260,7 +266,7 @@ class VoltronEncoder(nn.Module):
             raise ValueError(f"{len(texts)} instructions for {b} frames")
         lang, lang_mask = self.language(texts)
         tokens = self.embed_frames(frames)
-        out = self.encode(tokens.flatten(1, 2), lang, lang_mask)
+        out = self.encode(tokens.flatten(1, 2), lang, lang_mask, layers=self.feature_layer)
         return out[:, -self.num_patches:]
 
     def forward_tokens(self, images: Tensor) -> Tensor:
@@ -288,8 +294,9 @@ class VoltronEncoder(nn.Module):
 
 
 @ENCODERS.register("voltron-pretrained")
-def load_voltron_encoder(path: str) -> VoltronEncoder:
-    """A :class:`VoltronEncoder` from a folder written by :meth:`VoltronEncoder.export` (in eval mode)."""
+def load_voltron_encoder(path: str, feature_layer: Optional[int] = None) -> VoltronEncoder:
+    """A :class:`VoltronEncoder` from a folder written by :meth:`VoltronEncoder.export` (in eval mode), giving the
+    features of ``feature_layer`` (see :class:`VoltronEncoder`; None: the last layer)."""
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -303,6 +310,11 @@ def load_voltron_encoder(path: str) -> VoltronEncoder:
     bad = [k for k in missing if not k.startswith("text.")] + list(unexpected)
     if bad:
         raise ConfigError(f"{folder / 'model.safetensors'} does not match its config.json: keys {bad[:5]}")
+    depth = int(meta["params"].get("depth", len(encoder.transformer.blocks)))
+    if feature_layer is not None and not 0 <= feature_layer <= depth:
+        raise ConfigError(f"voltron-pretrained feature_layer {feature_layer} is outside 0..{depth} (the encoder's "
+                          f"depth, {config_file})")
+    encoder.feature_layer = feature_layer
     return encoder.eval()
 
 
