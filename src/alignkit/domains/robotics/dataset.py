@@ -749,7 +749,7 @@ class LeRobotDataset(Dataset):
                                   f"{max(known)})")
             keep = set(int(e) for e in selected)
             records = [r for r in records if int(r["episode_index"]) in keep]
-        tables: Dict[Path, Tuple[pa.Table, np.ndarray]] = {}
+        tables: Dict[Path, Tuple[pa.Table, Dict[int, np.ndarray]]] = {}
         frame_counts: Dict[Path, int] = {}
         arrays: Dict[str, List[np.ndarray]] = {}
         self._episodes: List[_Episode] = []
@@ -775,17 +775,22 @@ class LeRobotDataset(Dataset):
         self._arrays = {k: np.concatenate(v) for k, v in arrays.items()}
         self._ends = np.cumsum([ep.length for ep in self._episodes])
 
-    def _check_episode(self, record: Mapping[str, Any], start: int, tables: Dict[Path, Tuple[pa.Table, np.ndarray]],
+    def _check_episode(self, record: Mapping[str, Any], start: int,
+                       tables: Dict[Path, Tuple[pa.Table, Dict[int, np.ndarray]]],
                        frame_counts: Dict[Path, int]) -> Tuple[Dict[str, np.ndarray], _Episode]:
         """The episode's columns and index entry, or EpisodeError/ValueError saying what is wrong with it."""
         e, length = int(record["episode_index"]), int(record["length"])
         path: Path = record["data_file"]
-        if path not in tables:
-            table = pq.read_table(path)
-            tables[path] = table, table.column("episode_index").to_numpy()
-        table, episode_of_row = tables[path]
-        rows = np.flatnonzero(episode_of_row == e)
-        part = table.take(pa.array(rows))
+        if path not in tables:  # one contiguous table per file: slices and takes then cost what they return
+            table = pq.read_table(path).combine_chunks()
+            episode_of_row = table.column("episode_index").to_numpy()
+            order = np.argsort(episode_of_row, kind="stable")
+            found, first, count = np.unique(episode_of_row[order], return_index=True, return_counts=True)
+            tables[path] = table, {int(k): order[a:a + n] for k, a, n in zip(found, first, count)}
+        table, rows_of_episode = tables[path]
+        rows = rows_of_episode.get(e, np.zeros(0, dtype=np.int64))
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        part = table.slice(int(rows[0]), len(rows)) if contiguous else table.take(pa.array(rows))
         if len(rows) != length:
             raise EpisodeError(f"missing frames: {len(rows)} rows in the parquet file but the episode's length is "
                                f"{length}")
