@@ -65,6 +65,9 @@ class RecordingModule:
     def eval(self) -> "RecordingModule":
         return self
 
+    def encode_frames(self, frames: Tensor, texts: List[str]) -> Tensor:
+        return frames[:, :1, :1, :1].flatten(1)[:, None]  # (M, 1 token, 1): the first pixel
+
     def predict_action(self, inputs: PolicyInputs) -> Tensor:
         self.windows.append(inputs)
         n = len(inputs.texts)
@@ -92,6 +95,7 @@ def test_history_windows_pad_like_the_dataset():
     assert window_values(first, 1) == [1, 1, 1] and first.pad_mask[1].tolist() == [False, False, True]
     assert window_values(second, 0) == [0, 0, 10] and second.pad_mask[0].tolist() == [False, True, True]
     assert window_values(last, 1) == [11, 21, 31] and last.pad_mask.all()
+    torch.testing.assert_close(last.features["cam"][:, :, 0, 0], last.images["cam"][:, :, 0, 0, 0])  # encoded once
     assert last.state[1, :, 0].tolist() == [1.0, 2.0, 3.0] and last.texts == ["go left", "go right"]
 
 

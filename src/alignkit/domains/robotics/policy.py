@@ -165,13 +165,15 @@ class PolicyInputs:
     """One batch of observation windows: ``images`` camera -> ``(B, T, C, H, W)`` in [0, 1]; ``texts`` ``B``
     instructions; ``state`` ``(B, T, S)`` or None; ``pad_mask`` ``(B, T)`` bool (False on padded history);
     ``frame_ids`` ``(B, T, 2)`` long ``(episode_index, frame_index)`` of every step, or None (keys of the
-    feature cache)."""
+    feature cache); ``features`` camera -> ``(B, T, N, D)`` patch features already computed for ``images``
+    (:class:`LanguagePolicy` encodes each new frame once and keeps the window's features), or None."""
 
     images: Dict[str, Tensor]
     texts: List[str]
     state: Optional[Tensor] = None
     pad_mask: Optional[Tensor] = None
     frame_ids: Optional[Tensor] = None
+    features: Optional[Dict[str, Tensor]] = None
 
     def __post_init__(self) -> None:
         ref = next(iter(self.images.values()))
@@ -290,12 +292,16 @@ class PolicyModule(L.LightningModule):
             return self.image_encoder.forward_tokens(frames).float()
 
     def image_tokens(self, inputs: PolicyInputs, camera: str, last: bool = False) -> Tensor:
-        """``(B, T, N, feature_dim)`` patch features of ``camera``'s frames (only the last step with ``last``).
+        """``(B, T, N, feature_dim)`` patch features of ``camera``'s frames (only the last step with ``last``);
+        ``inputs.features`` when it holds them.
 
         With ``feature_cache``, in training mode and when the batch has ``frame_ids``, each frame's features are
         computed once and kept on the CPU in float16 (``frames * N * feature_dim * 2`` bytes), keyed by
         ``(camera, episode_index, frame_index)``: one module must then train on one dataset
         (:meth:`clear_feature_cache` otherwise)."""
+        if inputs.features is not None and camera in inputs.features:
+            given = inputs.features[camera]
+            return (given[:, -1:] if last else given).to(self.device)
         frames, ids = inputs.images[camera], inputs.frame_ids
         if last:
             frames, ids = frames[:, -1:], None if ids is None else ids[:, -1:]
@@ -406,6 +412,7 @@ class LanguagePolicy:
     steps (the first observation after a reset fills the window and the earlier slots are marked padding,
     as the dataset pads history before an episode's start) and returns ``(N, A)`` float32 actions, or ``(N,)``
     int64 for discrete actions. ``image_size`` resizes camera images (bilinear) to what the model was trained on.
+    Each new frame is encoded once: the window keeps its patch features (``PolicyInputs.features``).
     """
 
     def __init__(self, module: PolicyModule, image_size: Optional[int] = None):
@@ -415,6 +422,7 @@ class LanguagePolicy:
         self.instructions: List[str] = []
         self._default: Optional[str] = None
         self._frames: Dict[str, Tensor] = {}
+        self._features: Dict[str, Tensor] = {}
         self._state: Optional[Tensor] = None
         self._valid = torch.zeros(0, self.history, dtype=torch.bool)
         self._fresh = torch.zeros(0, dtype=torch.bool)
@@ -451,12 +459,17 @@ class LanguagePolicy:
             raise ValueError(f"observations of {n} environments; reset gave {len(self.instructions)} instructions")
         new = {c: self._to_tensor(v) for c, v in images.items()}
         new_state = None if state is None else torch.as_tensor(state, dtype=torch.float32)
+        with torch.no_grad():  # each frame is encoded once; the window keeps its features
+            feats = {c: self.module.encode_frames(new[c].to(self.module.device), self.instructions).cpu()
+                     for c in self.module.cameras}
         if not self._frames or self._valid.shape[0] != n:
             self._frames = {c: v[:, None].repeat(1, self.history, 1, 1, 1) for c, v in new.items()}
+            self._features = {c: v[:, None].repeat(1, self.history, 1, 1) for c, v in feats.items()}
             self._state = None if new_state is None else new_state[:, None].repeat(1, self.history, 1)
             self._valid = torch.zeros(n, self.history, dtype=torch.bool)
         fresh = self._fresh
         self._frames = {c: push_step(self._frames[c], v, fresh) for c, v in new.items()}
+        self._features = {c: push_step(self._features[c], v, fresh) for c, v in feats.items()}
         if new_state is not None and self._state is not None:
             self._state = push_step(self._state, new_state, fresh)
         self._valid = push_step(self._valid, torch.ones(n, dtype=torch.bool), fresh)
@@ -476,7 +489,8 @@ class LanguagePolicy:
         images = {c: self._frames[c].to(device) for c in self.module.cameras}
         state = None if self._state is None else self._state.to(device)
         return PolicyInputs(images=images, texts=list(self.instructions), state=state,
-                            pad_mask=self._valid.to(device))
+                            pad_mask=self._valid.to(device),
+                            features={c: self._features[c].to(device) for c in self.module.cameras})
 
     def act(self, obs_batch: Union[Observation, Sequence[Observation]]) -> np.ndarray:
         """Actions of all environments for their current observations (see the class docstring)."""
