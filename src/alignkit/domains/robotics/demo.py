@@ -16,23 +16,31 @@ For each of two simulators (outputs under ``--out``):
    rollout videos of the first episodes of each task.
 
 One table prints every figure beside its baselines and its target; ``metrics.json`` holds them all.
+
+With two or more CPU threads available (``ALIGNKIT_MAX_THREADS`` caps them; the tests set 1) the two simulators
+run side by side in two processes of one thread each: these small models gain little from a second intra-op
+thread, and two single-threaded pipelines use both cores.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from alignkit.core.config import configs_dir, load_config
 from alignkit.core.demo import results_table
 from alignkit.core.registry import DEMOS
-from alignkit.core.runner import train, write_metrics
+from alignkit.core.runner import config_threads, train, write_metrics
 from alignkit.domains.robotics.collect import write_demonstrations
 from alignkit.domains.robotics.policy import LanguagePolicy
 from alignkit.domains.robotics.rollout import RandomPolicy, RolloutResult, Rollouts
@@ -58,13 +66,13 @@ class DemoSize:
 
 
 FULL = DemoSize(babyai_demos=5000, metaworld_demos=30, babyai_episodes=200, metaworld_episodes=20, chains=50,
-                videos=2, steps={"demo_babyai_voltron.yaml": 300, "demo_babyai_gr1.yaml": 1500,
+                videos=2, steps={"demo_babyai_voltron.yaml": 300, "demo_babyai_gr1.yaml": 3000,
                                  "demo_babyai_lcbc.yaml": 800, "demo_metaworld_voltron.yaml": 200,
                                  "demo_metaworld_gr1.yaml": 1500, "demo_metaworld_lcbc.yaml": 800})
-FAST = DemoSize(babyai_demos=1500, metaworld_demos=8, babyai_episodes=60, metaworld_episodes=5, chains=10, videos=1,
-                steps={"demo_babyai_voltron.yaml": 60, "demo_babyai_gr1.yaml": 300, "demo_babyai_lcbc.yaml": 150,
-                       "demo_metaworld_voltron.yaml": 40, "demo_metaworld_gr1.yaml": 300,
-                       "demo_metaworld_lcbc.yaml": 150})
+FAST = DemoSize(babyai_demos=2000, metaworld_demos=10, babyai_episodes=60, metaworld_episodes=10, chains=10,
+                videos=1, steps={"demo_babyai_voltron.yaml": 60, "demo_babyai_gr1.yaml": 2000,
+                                 "demo_babyai_lcbc.yaml": 150, "demo_metaworld_voltron.yaml": 40,
+                                 "demo_metaworld_gr1.yaml": 500, "demo_metaworld_lcbc.yaml": 150})
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,15 @@ TARGETS: Tuple[Target, ...] = (
 
 
 # --------------------------------------------------------------------------- steps
-def _train(config: str, overrides: Sequence[str], out: Path, size: DemoSize, config_dir: Path) -> Dict[str, Any]:
+def _train(config: str, overrides: Sequence[str], out: Path, size: DemoSize, config_dir: Path,
+           threads: int = 0) -> Dict[str, Any]:
     run = out / "runs" / Path(config).stem
     if run.exists():  # a demo re-run trains again; the collected demonstrations are kept
         shutil.rmtree(run)
     cfg = load_config(config_dir / config, [*overrides, *size.overrides.get(config, []), f"out_dir={out / 'runs'}",
                                             f"name={Path(config).stem}", f"trainer.max_steps={size.steps[config]}",
-                                            "trainer.enable_progress_bar=false"])
+                                            "trainer.enable_progress_bar=false",
+                                            *([f"num_threads={threads}"] if threads else [])])
     return train(cfg)
 
 
@@ -125,14 +135,14 @@ def _collect(spec: Dict[str, Any], root: Path, n: int, codec: str, console: Cons
 
 
 def _simulator(name: str, spec: Dict[str, Any], n_demos: int, codec: str, out: Path, size: DemoSize,
-               config_dir: Path, console: Console, metrics: Dict[str, float]) -> Tuple[Any, Any]:
+               config_dir: Path, console: Console, metrics: Dict[str, float], threads: int) -> Tuple[Any, Any]:
     """Collect, pretrain Voltron, train GR-1 and BC; returns the two trained policies (modules)."""
     start = time.time()
     data = _collect(spec, out / "data" / name, n_demos, codec, console)
     metrics[f"{name}/collect_seconds"] = time.time() - start
     root = [f"data.params.root={data}"]
     start = time.time()
-    voltron = _train(f"demo_{name}_voltron.yaml", root, out, size, config_dir)
+    voltron = _train(f"demo_{name}_voltron.yaml", root, out, size, config_dir, threads)
     metrics[f"{name}/voltron/train_loss"] = float(voltron["metrics"]["train/loss"])
     encoder = voltron["model"].export_encoder(out / "runs" / f"demo_{name}_voltron" / "encoder")
     with_encoder = [*root, f"model.params.image_encoder.params.path={encoder}"]
@@ -140,7 +150,7 @@ def _simulator(name: str, spec: Dict[str, Any], n_demos: int, codec: str, out: P
     modules = []
     for policy in ("gr1", "lcbc"):
         start = time.time()
-        run = _train(f"demo_{name}_{policy}.yaml", with_encoder, out, size, config_dir)
+        run = _train(f"demo_{name}_{policy}.yaml", with_encoder, out, size, config_dir, threads)
         metrics[f"{name}/{policy}/train_loss"] = float(run["metrics"]["train/loss"])
         metrics[f"{name}/{policy}_seconds"] = time.time() - start
         modules.append(run["model"])
@@ -211,6 +221,35 @@ def targets_met(metrics: Dict[str, float], fast: bool) -> List[Tuple[str, bool]]
 
 
 # --------------------------------------------------------------------------- the demo
+def _babyai(out: Path, size: DemoSize, config_dir: Path, threads: int) -> Dict[str, float]:
+    """BabyAI PickupLoc: collect, Voltron, GR-1 and BC, rollouts, chains (``threads`` per config; 0: the configs')."""
+    torch.manual_seed(0)
+    console, metrics = Console(), {}
+    babyai = {"name": "babyai", "levels": BABYAI_LEVEL}
+    # flat symbolic cells are stored losslessly (tiny files); rendered Meta-World frames with H.264
+    gr1, lcbc = _simulator("babyai", babyai, size.babyai_demos, "libx264rgb", out, size, config_dir, console, metrics,
+                           threads)
+    _evaluate("babyai", babyai, gr1, lcbc, size.babyai_episodes, 20, out, size.videos, metrics)
+    metrics["babyai/gr1_minus_random"] = metrics["babyai/gr1/success"] - metrics["babyai/random/success"]
+    metrics["babyai/gr1_minus_shuffled"] = metrics["babyai/gr1/success"] - metrics["babyai/gr1_shuffled/success"]
+    _chains(gr1, size.chains, 10, out, size.videos, metrics)
+    return metrics
+
+
+def _metaworld(out: Path, size: DemoSize, config_dir: Path, threads: int) -> Dict[str, float]:
+    """Meta-World's four tasks: collect, Voltron, GR-1 and BC, rollouts."""
+    torch.manual_seed(0)
+    console, metrics = Console(), {}
+    metaworld = {"name": "metaworld", "tasks": list(METAWORLD_TASKS), "cameras": ["corner"], "max_steps": 150}
+    gr1, lcbc = _simulator("metaworld", metaworld, size.metaworld_demos, "libx264", out, size, config_dir, console,
+                           metrics, threads)
+    _evaluate("metaworld", metaworld, gr1, lcbc, size.metaworld_episodes, 8, out, size.videos, metrics,
+              random_spec={**metaworld, "cameras": []})
+    metrics["metaworld/shared_scene_gap"] = float(np.mean(
+        [metrics[f"metaworld/gr1/{t}"] - metrics[f"metaworld/gr1_shuffled/{t}"] for t in SHARED_SCENE]))
+    return metrics
+
+
 @DEMOS.register("robotics")
 def run_demo(out: Path, fast: bool = False, config: Optional[str | Path] = None) -> Dict[str, float]:
     """Run the demo (module docstring) into ``out``; ``config``: a folder holding the six demo configs (default
@@ -218,25 +257,18 @@ def run_demo(out: Path, fast: bool = False, config: Optional[str | Path] = None)
     out, size, console = Path(out), FAST if fast else FULL, Console()
     config_dir = Path(config) if config is not None else configs_dir() / "robotics"
     start = time.time()
-    torch.manual_seed(0)
+    threads = config_threads(OmegaConf.create({"num_threads": min(2, os.cpu_count() or 1)}))
     metrics: Dict[str, float] = {}
-
-    babyai = {"name": "babyai", "levels": BABYAI_LEVEL}
-    # flat symbolic cells are stored losslessly (tiny files); rendered Meta-World frames with H.264
-    gr1, lcbc = _simulator("babyai", babyai, size.babyai_demos, "libx264rgb", out, size, config_dir, console, metrics)
-    _evaluate("babyai", babyai, gr1, lcbc, size.babyai_episodes, 20, out, size.videos, metrics)
-    metrics["babyai/gr1_minus_random"] = metrics["babyai/gr1/success"] - metrics["babyai/random/success"]
-    metrics["babyai/gr1_minus_shuffled"] = metrics["babyai/gr1/success"] - metrics["babyai/gr1_shuffled/success"]
-    _chains(gr1, size.chains, 10, out, size.videos, metrics)
-
-    metaworld = {"name": "metaworld", "tasks": list(METAWORLD_TASKS), "cameras": ["corner"], "max_steps": 150}
-    gr1, lcbc = _simulator("metaworld", metaworld, size.metaworld_demos, "libx264", out, size, config_dir, console,
-                           metrics)
-    _evaluate("metaworld", metaworld, gr1, lcbc, size.metaworld_episodes, 8, out, size.videos, metrics,
-              random_spec={**metaworld, "cameras": []})
-    metrics["metaworld/shared_scene_gap"] = float(np.mean(
-        [metrics[f"metaworld/gr1/{t}"] - metrics[f"metaworld/gr1_shuffled/{t}"] for t in SHARED_SCENE]))
-
+    if threads >= 2:  # one process per simulator, one thread each: small models use two cores better that way
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            jobs = [pool.submit(part, out, size, config_dir, 1) for part in (_babyai, _metaworld)]
+            for job in jobs:
+                metrics.update(job.result())
+    else:
+        for part in (_babyai, _metaworld):
+            metrics.update(part(out, size, config_dir, threads))
+    metrics["demo/parallel"] = float(threads >= 2)
     metrics["demo/seconds"] = time.time() - start
     write_metrics(out, metrics)
     console.print(results_table(f"alignkit demo robotics{' --fast' if fast else ''}: rollouts on test layouts",
