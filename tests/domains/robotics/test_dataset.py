@@ -389,3 +389,18 @@ def test_writer_rejects_bad_input(tmp_path, episodes):
         raise RuntimeError("boom")
     with pytest.raises(FileNotFoundError, match="no meta/info.json"):
         LeRobotDataset(tmp_path / "e")
+
+
+def test_image_stats_equal_the_float_reference():
+    from alignkit.domains.robotics.dataset import feature_stats
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (7, 12, 10, 3), dtype=np.uint8)
+    frames[..., 2] = rng.integers(17, 40, (7, 12, 10))  # a channel that never reaches 0 or 255
+    stats = feature_stats(frames, image=True)
+    x = frames.reshape(7, -1, 3).astype(np.float64) / 255.0
+    for key, ref in (("min", x.min((0, 1))), ("max", x.max((0, 1))), ("mean", x.mean((0, 1))),
+                     ("std", x.std((0, 1)))):
+        assert stats[key].shape == (3, 1, 1)
+        np.testing.assert_allclose(stats[key].ravel(), ref, rtol=0, atol=1e-12)
+    assert stats["count"].tolist() == [7]
