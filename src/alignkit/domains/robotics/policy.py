@@ -220,8 +220,8 @@ def build_image_encoder(spec: EncoderSpec, frozen: bool) -> nn.Module:
 
 class FeatureCache:
     """Frozen features of frames by key, kept on the CPU in float16 rows of one growing tensor per feature shape (one
-    per camera resolution): a batch's lookup is a single ``index_select`` (stacking a batch's 256 separate tensors
-    and converting each cost a third of a CPU training step of the BabyAI GR-1)."""
+    per camera resolution): a batch's lookup is a single ``index_select`` instead of stacking its 256 separate
+    tensors (measured: a CPU training step of the BabyAI GR-1 went from 0.130 s to 0.122 s)."""
 
     def __init__(self) -> None:
         self.rows: Dict[Hashable, Tuple[Tuple[int, ...], int]] = {}
@@ -252,10 +252,11 @@ class FeatureCache:
 
     def get(self, keys: Sequence[Hashable]) -> Tensor:
         """``(len(keys), ...)`` float16 features of ``keys`` (all present, of one shape)."""
-        shapes = {self.rows[k][0] for k in keys}
+        entries = [self.rows[k] for k in keys]
+        shapes = {shape for shape, _ in entries}
         if len(shapes) != 1:
             raise ValueError(f"feature cache lookup mixes feature shapes {sorted(shapes)}; look up one camera at a time")
-        rows = torch.tensor([self.rows[k][1] for k in keys], dtype=torch.long)
+        rows = torch.tensor([row for _, row in entries], dtype=torch.long)
         return self.stores[shapes.pop()].index_select(0, rows)
 
     def clear(self) -> None:
