@@ -318,3 +318,13 @@ def test_bad_configurations_are_named():
         data = batch(0)
         del data["observation.state"]
         tiny_gr1().compute_loss(data)
+
+
+def test_padded_steps_are_not_encoded():
+    model = tiny_gr1()
+    data = batch(1)
+    data["pad_mask"] = torch.tensor([[False, False, True, True]] * B)
+    rows = []
+    model.feature_proj.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    outputs(model, data)
+    assert rows == [2 * B] * len(model.cameras)  # the two valid steps of each window, per camera

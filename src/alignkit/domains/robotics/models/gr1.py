@@ -188,12 +188,18 @@ class GR1Module(PolicyModule):
             if inputs.state is None:
                 raise KeyError(f"gr1 was built with state_dim {self.state_dim} but the batch has no observation.state")
             tokens.append(self.state_proj(self.normalized_state(inputs.state.to(self.device)))[:, :, None])
+        # padded history steps are hidden from every other token: their image tokens are left zero, not computed
+        valid = inputs.pad_mask.to(self.device).flatten()
+        every = bool(valid.all())
         for i, camera in enumerate(self.cameras):
-            feats = self.feature_proj(self.image_tokens(inputs, camera))
+            feats = self.image_tokens(inputs, camera).flatten(0, 1)
+            feats = self.feature_proj(feats if every else feats[valid])
             if self.patch_positions:
                 feats = feats + self.patch_position_embedding(feats.shape[-2]).to(feats)
-            latents = self.resampler(feats.flatten(0, 1), offset=offset).view(b, t, -1, feats.shape[-1])
-            tokens.append(latents + self.camera_embed[i])
+            pooled = self.resampler(feats, offset=offset if offset is None or every else offset[valid])
+            latents = pooled if every else pooled.new_zeros(b * t, *pooled.shape[1:]).index_copy(
+                0, valid.nonzero().squeeze(1), pooled)
+            tokens.append(latents.view(b, t, *latents.shape[1:]) + self.camera_embed[i])
         return torch.cat(tokens, dim=2)
 
     def patch_position_embedding(self, n: int) -> Tensor:
