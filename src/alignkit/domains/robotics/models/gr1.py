@@ -190,15 +190,17 @@ class GR1Module(PolicyModule):
             tokens.append(self.state_proj(self.normalized_state(inputs.state.to(self.device)))[:, :, None])
         # padded history steps are hidden from every other token: their image tokens are left zero, not computed
         valid = inputs.pad_mask.to(self.device).flatten()
-        every = bool(valid.all())
+        keep = None if bool(valid.all()) else valid.nonzero().squeeze(1)
+        if offset is not None and keep is not None:
+            offset = offset.index_select(0, keep)
         for i, camera in enumerate(self.cameras):
             feats = self.image_tokens(inputs, camera).flatten(0, 1)
-            feats = self.feature_proj(feats if every else feats[valid])
+            feats = self.feature_proj(feats if keep is None else feats.index_select(0, keep))
             if self.patch_positions:
                 feats = feats + self.patch_position_embedding(feats.shape[-2]).to(feats)
-            pooled = self.resampler(feats, offset=offset if offset is None or every else offset[valid])
-            latents = pooled if every else pooled.new_zeros(b * t, *pooled.shape[1:]).index_copy(
-                0, valid.nonzero().squeeze(1), pooled)
+            latents = self.resampler(feats, offset=offset)
+            if keep is not None:
+                latents = latents.new_zeros(b * t, *latents.shape[1:]).index_copy(0, keep, latents)
             tokens.append(latents.view(b, t, *latents.shape[1:]) + self.camera_embed[i])
         return torch.cat(tokens, dim=2)
 
