@@ -52,6 +52,26 @@ def test_discrete_action_head():
         ActionHead(8, action_dim=3, gripper_dims=[3])
 
 
+def test_discrete_actions_sampled_at_a_temperature():
+    head = ActionHead(8, action_dim=1, num_actions=3)
+    logits = torch.tensor([0.0, float(np.log(3.0)), 0.0]).expand(1, 20000, 3)  # softmax: 0.2, 0.6, 0.2
+    pred = ActionPrediction(logits=logits)
+    draws = head.decode(pred, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (1, 20000, 1)
+    freq = torch.bincount(draws.flatten().long(), minlength=3) / 20000.0
+    torch.testing.assert_close(freq, torch.tensor([0.2, 0.6, 0.2]), atol=0.015, rtol=0)
+    # temperature 2 flattens the softmax: p ~ exp(z / 2) = 1, sqrt(3), 1
+    hot = head.decode(pred, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    expected = torch.tensor([1.0, 3.0 ** 0.5, 1.0]) / (2 + 3.0 ** 0.5)
+    torch.testing.assert_close(torch.bincount(hot.flatten().long(), minlength=3) / 20000.0, expected, atol=0.015,
+                               rtol=0)
+    again = head.decode(pred, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # seeded draws repeat
+    assert torch.equal(head.decode(pred, temperature=0.0), torch.ones(1, 20000, 1))  # greedy: the argmax
+    with pytest.raises(ValueError, match="temperature"):
+        LanguagePolicy(RecordingModule(history=2, num_actions=3), temperature=-1.0)
+
+
 # --------------------------------------------------------------------------- environment wrapper
 class RecordingModule:
     """Stands in for a trained policy module: records the windows it is given, acts with constants."""
@@ -68,7 +88,7 @@ class RecordingModule:
     def encode_frames(self, frames: Tensor, texts: List[str]) -> Tensor:
         return frames[:, :1, :1, :1].flatten(1)[:, None]  # (M, 1 token, 1): the first pixel
 
-    def predict_action(self, inputs: PolicyInputs) -> Tensor:
+    def predict_action(self, inputs: PolicyInputs, temperature: float = 0.0, generator=None) -> Tensor:
         self.windows.append(inputs)
         n = len(inputs.texts)
         return torch.full((n, 1), 2.0) if self.action_head.num_actions else torch.arange(n * 3.0).view(n, 3)
@@ -160,6 +180,14 @@ def test_policy_acts_as_the_module_does_on_dataset_windows():
                               pad_mask=torch.from_numpy(np.stack([index >= 0] * 2)))
         expected = model.predict_action(window)[:, 0].long().numpy()
         assert np.array_equal(acted, expected), t
+    # sampling through the policy: the same seed repeats the same actions, all of them valid action ids
+    runs = []
+    for _ in range(2):
+        sampler = LanguagePolicy(model, temperature=1.0, seed=3)
+        sampler.reset(["pick up the red ball", "pick up a key"])
+        runs.append([sampler.act({"images": {"view": frames[:, t]}, "state": states[:, t]}) for t in range(5)])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert all(a.dtype == np.int64 and ((0 <= a) & (a < 7)).all() for a in runs[0])
 
 
 def test_policy_runs_babyai_rollouts():

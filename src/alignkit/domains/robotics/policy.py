@@ -145,10 +145,15 @@ class ActionHead(nn.Module):
             terms["gripper"] = masked_mean(bce, valid[..., None])
         return terms
 
-    def decode(self, pred: ActionPrediction) -> Tensor:
+    def decode(self, pred: ActionPrediction, temperature: float = 0.0,
+               generator: Optional[torch.Generator] = None) -> Tensor:
         """Environment actions ``(B, K, A)``: arm de-standardised, gripper ``gripper_values[logit > 0]``, discrete
-        the argmax (as float)."""
+        the argmax (as float), or with ``temperature > 0`` a sample of ``softmax(logits / temperature)``."""
         if pred.logits is not None:
+            if temperature > 0:
+                probs = torch.softmax(pred.logits.float() / temperature, dim=-1)
+                flat = torch.multinomial(probs.flatten(0, -2).cpu(), 1, generator=generator)
+                return flat.view(*probs.shape[:-1], 1).float().to(pred.logits.device)
             return pred.logits.argmax(-1, keepdim=True).float()
         ref = pred.arm if pred.arm is not None else pred.gripper
         out = ref.new_zeros(*ref.shape[:-1], self.action_dim)
@@ -401,9 +406,13 @@ class PolicyModule(L.LightningModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_action(self, inputs: PolicyInputs) -> Tensor:
-        """Environment actions ``(B, A)`` for the last step of each window."""
-        return self.action_head.decode(self(inputs).actions)[:, -1]
+    def predict_action(self, inputs: PolicyInputs, temperature: float = 0.0,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
+        """Environment actions ``(B, A)`` for the last step of each window (discrete actions: sampled at
+        ``temperature > 0``, see :meth:`ActionHead.decode`)."""
+        pred = self(inputs).actions
+        last = ActionPrediction(**{k: None if v is None else v[:, -1:] for k, v in vars(pred).items()})
+        return self.action_head.decode(last, temperature, generator)[:, -1]
 
     # ------------------------------------------------------------------ Lightning
     def _log_terms(self, terms: Dict[str, Tensor], stage: str, batch_size: int) -> None:
@@ -460,10 +469,18 @@ class LanguagePolicy:
     as the dataset pads history before an episode's start) and returns ``(N, A)`` float32 actions, or ``(N,)``
     int64 for discrete actions. ``image_size`` resizes camera images (bilinear) to what the model was trained on.
     Each new frame is encoded once: the window keeps its patch features (``PolicyInputs.features``).
+    ``temperature > 0`` samples discrete actions from the policy's softmax (``seed`` seeds the draws) instead of
+    taking the argmax: a greedy policy that is unsure in a state it does not leave (BabyAI: walking into a
+    wall leaves the view unchanged) repeats the same action until the episode times out.
     """
 
-    def __init__(self, module: PolicyModule, image_size: Optional[int] = None):
+    def __init__(self, module: PolicyModule, image_size: Optional[int] = None, temperature: float = 0.0,
+                 seed: int = 0):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy); got {temperature}")
         self.module = module.eval()
+        self.temperature = float(temperature)
+        self._generator = torch.Generator().manual_seed(seed)
         self.history = int(module.history)
         self.image_size = image_size
         self.instructions: List[str] = []
@@ -547,7 +564,7 @@ class LanguagePolicy:
             raise KeyError(f"observations lack cameras {missing} the policy was trained on; they have "
                            f"{sorted(images)}")
         self._observe(images, state if self.module.state_dim else None)
-        actions = self.module.predict_action(self.window()).cpu()
+        actions = self.module.predict_action(self.window(), self.temperature, self._generator).cpu()
         if self.module.action_head.num_actions:
             return actions[:, 0].long().numpy()
         return actions.numpy().astype(np.float32)
