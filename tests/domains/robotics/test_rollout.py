@@ -102,6 +102,19 @@ def test_more_slots_than_episodes_and_reused_envs():
     assert [(o.success, o.steps) for o in again.episodes] == [(o.success, o.steps) for o in few.episodes]
 
 
+def test_slots_keep_to_one_task_and_outcomes_do_not_change():
+    two = EnvSpec("babyai", {"levels": ["BabyAI-PickupLoc-v0", "BabyAI-PickupDist-v0"]})
+    one_env = evaluate_policy(LookAndGrab(), two, 8, seed=3)
+    with Rollouts(two, num_envs=3) as rollouts:
+        result = rollouts.evaluate(LookAndGrab(), 8, seed=3)
+        built = [sorted(slot.env._levels) for slot in rollouts.vector_env.envs]
+    assert [(o.task, o.seed, o.success, o.steps) for o in result.episodes] == \
+        [(o.task, o.seed, o.success, o.steps) for o in one_env.episodes]
+    # jobs alternate between the two levels; a slot that takes the next job in order runs (and builds) both, one
+    # that keeps to its level while it has jobs builds fewer (here 5 levels in all instead of 6)
+    assert sum(map(len, built)) < 3 * 2
+
+
 def test_shuffled_and_fixed_instructions():
     policy = LookAndGrab()
     true = evaluate_policy(policy, BABYAI, 10, seed=1)
