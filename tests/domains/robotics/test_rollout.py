@@ -115,6 +115,23 @@ def test_slots_keep_to_one_task_and_outcomes_do_not_change():
     assert sum(map(len, built)) < 3 * 2
 
 
+def test_a_subset_of_tasks_runs_the_full_evaluations_episodes():
+    two = EnvSpec("babyai", {"levels": ["BabyAI-PickupLoc-v0", "BabyAI-PickupDist-v0"]})
+    with Rollouts(two, num_envs=2) as rollouts:
+        full = rollouts.evaluate(LookAndGrab(), 5, seed=2, instruction_override="shuffled")
+        part = rollouts.evaluate(LookAndGrab(), 5, seed=2, instruction_override="shuffled",
+                                 tasks=["BabyAI-PickupDist-v0"])
+        with pytest.raises(ConfigError, match="not tasks of env"):
+            rollouts.evaluate(LookAndGrab(), 1, tasks=["BabyAI-GoToLocal-v0"])
+    same = [(o.seed, o.instruction, o.true_instruction, o.success, o.steps) for o in full.episodes
+            if o.task == "BabyAI-PickupDist-v0"]
+    assert [(o.seed, o.instruction, o.true_instruction, o.success, o.steps) for o in part.episodes] == same
+    assert list(part.per_task) == ["BabyAI-PickupDist-v0"] and part.overall.episodes == 5
+    # shuffled instructions come from both levels' episodes, as in the full evaluation
+    assert any(o.instruction in {e.true_instruction for e in full.episodes if e.task == "BabyAI-PickupLoc-v0"}
+               for o in part.episodes)
+
+
 def test_shuffled_and_fixed_instructions():
     policy = LookAndGrab()
     true = evaluate_policy(policy, BABYAI, 10, seed=1)

@@ -275,19 +275,27 @@ class Rollouts:
     # ------------------------------------------------------------------ public
     def evaluate(self, policy: Policy, n_episodes: int, seed: int = 0, instruction_override: Optional[str] = None,
                  split: str = "test", video_dir: Optional[Union[str, Path]] = None, videos_per_task: int = 2,
-                 video_format: str = "mp4") -> RolloutResult:
+                 video_format: str = "mp4", tasks: Optional[Sequence[str]] = None) -> RolloutResult:
         """``n_episodes`` episodes of each task (episode ``k`` from ``layout_seed(seed + k, split)``).
 
         ``instruction_override``: None (the true instruction), ``"shuffled"`` (another episode's, from a
         seeded derangement) or any other string (given to every episode). With ``video_dir``, the first
-        ``videos_per_task`` episodes of each task are written there as ``.mp4`` or ``.gif``.
+        ``videos_per_task`` episodes of each task are written there as ``.mp4`` or ``.gif``. ``tasks``: run
+        only these of the env's tasks; their episodes, and the instructions a shuffle gives them (drawn from the
+        episodes of all tasks), are those of the full evaluation.
         """
         start = time.perf_counter()
-        tasks = self.env.task_names
-        plan = [(task, layout_seed(seed + k, split), k) for k in range(n_episodes) for task in tasks]
+        unknown = [t for t in tasks or () if t not in self.env.task_names]
+        if unknown:
+            raise ConfigError(f"rollouts: tasks {unknown} are not tasks of env {self.spec.name!r} "
+                              f"({', '.join(self.env.task_names)})")
+        plan = [(task, layout_seed(seed + k, split), k) for k in range(n_episodes) for task in self.env.task_names]
         given = self._override(plan, instruction_override, seed)
         mode = "true" if instruction_override is None else (
             "shuffled" if instruction_override == "shuffled" else "fixed")
+        tasks = list(tasks) if tasks is not None else self.env.task_names
+        chosen = [i for i, (task, _, _) in enumerate(plan) if task in tasks]
+        plan, given = [plan[i] for i in chosen], [given[i] for i in chosen]
         jobs = [_Job(task, s, given[i], self._video_path(video_dir, video_format, task, k, mode)
                      if k < videos_per_task else None) for i, (task, s, k) in enumerate(plan)]
         outcomes, steps = self._run(policy, jobs)
