@@ -106,15 +106,16 @@ def test_instruction_changes_the_actions():
     assert not torch.allclose(a[0], b[0])
 
 
-@pytest.mark.parametrize("positions", [True, False])
-def test_patch_positions_tell_where_a_patch_lies(positions: bool):
+@pytest.mark.parametrize("positions", [True, "learned", False])
+def test_patch_positions_tell_where_a_patch_lies(positions):
     """The resampler is blind to token order: only with patch_positions do actions change when the same patch
     features come in another spatial order (what "the ball on your left" needs)."""
     model = tiny_gr1(patch_positions=positions)
     data = batch(4)
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(B, T, 16, model.feature_dim, generator=g)
-    order = torch.randperm(16, generator=g)
+    n = 16  # ENCODER's patches of a 16-pixel frame
+    feats = torch.randn(B, T, n, model.feature_dim, generator=g)
+    order = torch.randperm(n, generator=g)
 
     def arm(tokens: Tensor) -> Tensor:
         model.image_tokens = lambda inputs, camera, last=False: tokens
@@ -123,10 +124,15 @@ def test_patch_positions_tell_where_a_patch_lies(positions: bool):
     moved = arm(feats[:, :, order])
     if positions:
         assert not torch.allclose(arm(feats), moved, atol=1e-4)
-        assert model.patch_position_embedding(16).shape == (16, 32)
-        assert model.patch_position_embedding(6).shape == (6, 32)  # not a square: one row
+        assert model.patch_position_embedding(n).shape == (n, 32)
     else:
         torch.testing.assert_close(arm(feats), moved, atol=1e-5, rtol=1e-4)
+    if positions is True:
+        assert model.patch_position_embedding(6).shape == (6, 32)  # not a square: one row
+    if positions == "learned":  # one trained vector per patch of the encoder, in the optimiser's parameters
+        assert model.learned_positions.requires_grad and model.learned_positions.shape == (n, 32)
+        with pytest.raises(ValueError, match="learned 16 patch positions"):
+            model.patch_position_embedding(6)
 
 
 def test_perceiver_resampler_shape_and_mask():
