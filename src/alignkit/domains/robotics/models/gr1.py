@@ -28,12 +28,14 @@ so the resampler path itself is not what limits it.
 
 ``patch_positions: learned`` gives each patch a trained vector instead. Measured on the same data (60-step V-Cond
 patch embeddings, held-out demonstrations, 1 thread): the decision to pick up (the target one cell ahead) is right
-for 90% of held-out steps after 500 optimiser steps with learned positions, against 30-50% after 1,000 with the
+for 90% of held-out steps after 500 optimiser steps with learned positions, against 40-50% after 1,000 with the
 sine-cosine table, whose neighbouring cells are too alike for a latent to single one out; greedy success on 100
-test layouts after 800 steps 16% against 2%. What still takes GR-1 ~1,500 steps either way is turning towards a
-target in view (left/right right in 22-33% of such steps, 60% when the target is out of view): binding the
-instruction's colour and type to one of the cells. Neither an oracle one-hot instruction, one-hot cell images nor
-instruction-conditioned patch features moved that plateau within 1,500 steps.
+test layouts 16% after 800 steps, against 1% after 600 and 6% after 1,000 with the table. What still takes GR-1
+~1,500 steps is turning towards a target in view (with learned positions after 800 steps, left/right is right in
+22-33% of such steps and ~60% when the target is out of view; held-out accuracy stays at 0.77 up to 1,900 steps):
+binding the instruction's colour and type to one of the cells. Instruction-conditioned patch features did not
+move that plateau within 1,500 steps, an oracle one-hot instruction not within 1,000, one-hot cell images not
+within 600-900.
 
 Heads: [ACT] -> :class:`~alignkit.domains.robotics.policy.ActionHead` (smooth L1 arm, BCE gripper, or
 cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
