@@ -309,6 +309,21 @@ def test_lightning_fits_dataset_batches_and_checkpoints_reload(tmp_path):
     torch.testing.assert_close(again.action_head.arm_std, torch.full((A - 1,), 2.0))
 
 
+def test_feature_scale_multiplies_the_frozen_features():
+    """feature_scale s on features f gives what scale 1 gives on s * f (the per-patch MLP's input), and it does
+    change the actions."""
+    data = batch(5)
+    feats = torch.randn(B, T, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def arm(model: GR1Module, tokens: Tensor) -> Tensor:
+        model.image_tokens = lambda inputs, camera, last=False: tokens
+        return outputs(model, data)["arm"]
+
+    scaled = arm(tiny_gr1(feature_scale=2.0), feats)
+    torch.testing.assert_close(scaled, arm(tiny_gr1(), 2 * feats))
+    assert not torch.allclose(scaled, arm(tiny_gr1(), feats), atol=1e-4)
+
+
 def test_bad_configurations_are_named():
     with pytest.raises(ConfigError, match="objective"):
         tiny_gr1(objective="videos")
