@@ -69,8 +69,8 @@ FULL = DemoSize(babyai_demos=5000, metaworld_demos=30, babyai_episodes=200, meta
                 videos=2, steps={"demo_babyai_voltron.yaml": 300, "demo_babyai_gr1.yaml": 3000,
                                  "demo_babyai_lcbc.yaml": 800, "demo_metaworld_voltron.yaml": 200,
                                  "demo_metaworld_gr1.yaml": 1500, "demo_metaworld_lcbc.yaml": 800})
-# --fast: BabyAI's Voltron keeps its 300 steps, since GR-1 needs patch embeddings that show a cell's content (the
-# GR-1 docstring), and GR-1 takes 1,600 steps; Meta-World's sizes are cut instead
+# --fast: fewer demonstrations, steps and episodes than FULL, except BabyAI's Voltron, which keeps its 300 steps:
+# GR-1 needs patch embeddings that show what is in a cell (see the GR-1 docstring)
 FAST = DemoSize(babyai_demos=1500, metaworld_demos=10, babyai_episodes=100, metaworld_episodes=10, chains=10, videos=1,
                 steps={"demo_babyai_voltron.yaml": 300, "demo_babyai_gr1.yaml": 1600, "demo_babyai_lcbc.yaml": 150,
                        "demo_metaworld_voltron.yaml": 40, "demo_metaworld_gr1.yaml": 500,

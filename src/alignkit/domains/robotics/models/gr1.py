@@ -28,18 +28,17 @@ content than with its position (root mean square over the 49 patches of 1,821 fr
 position embedding 2.2; after 300 steps 3.6 and 2.5), and GR-1 turns towards the named object only after 1,400
 to >2,000 steps, by seed (5-11% success after 1,500 steps of a 1,500-step schedule). With the 300-step encoder
 (5,000 demonstrations) its held-out action accuracy jumps at ~500 steps in both seeds tried, and greedy success
-is 31-32% after 800 steps and 55% after 1,500; with 1,500 demonstrations, 1,600 steps give 46%, 59% and 33% for seeds 0-2
-(shuffled instruction 8%, 12% and 15%).
+is 31-32% after 800 steps and 55% after 1,500.
 
 ``patch_positions: learned`` gives each patch a trained vector instead. With the 60-step encoder it taught the
 decision to pick up (the target one cell ahead) in 500 steps instead of >1,000, but not the turn towards a target
 in view (success 16% after 800 steps, 21% after 1,500); FiLM-conditioned patch tokens did the same.
 
 ``feature_scale`` multiplies the frozen features before the per-patch MLP, which learns faster from inputs of a
-larger scale (as if its first layer had a larger learning rate and initialisation). On the same 1,500
-demonstrations and 300-step encoder, 1,600 steps with ``feature_scale: 2`` gave 59%, 57% and 49% for seeds 0, 1
-and 2 (shuffled instruction 11-14%) against 46%, 59% and 33% with 1; a scale of 4, or a LayerNorm on the features
-instead, did not help (seed 2).
+larger scale (as if its first layer had a larger learning rate and initialisation). On 1,500 BabyAI
+demonstrations and a 300-step encoder, 1,600 steps with ``feature_scale: 2`` gave 59%, 57% and 49% for seeds 0, 1
+and 2 (shuffled instruction 11-14%) against 46%, 59% and 33% with 1 (shuffled 8%, 12% and 15%); a scale of 4, or a
+LayerNorm on the features instead, did not help (seed 2).
 
 Heads: [ACT] -> :class:`~alignkit.domains.robotics.policy.ActionHead` (smooth L1 arm, BCE gripper, or
 cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
