@@ -17,12 +17,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from alignkit.core.api import AlignedModel
 from alignkit.core.config import configs_dir, load_config, to_plain
 from alignkit.core.evaluate import candidate_blocks
 from alignkit.core.registry import DATASETS, DEMOS, EVALUATORS
+from alignkit.core.results import results_table
 from alignkit.core.runner import train, write_metrics
 from alignkit.core.shapes import SHAPES, attribute_key, write_shapes_dataset
 
@@ -49,17 +49,6 @@ def _test_attribute_keys(root: Path, ids: Sequence[str]) -> List[str]:
     with open(root / "pairs.csv", newline="") as f:
         by_path = {r["path"]: attribute_key(r) for r in csv.DictReader(f)}
     return [by_path[i] for i in ids]
-
-
-def results_table(title: str, rows: Sequence[Tuple[str, float, str, str, str]],
-                  columns: Sequence[str] = ("metric", "value", "baseline", "target", "met")) -> Table:
-    """A demo's printed table: one row per figure ``(name, value, baseline, target, met)``, value to 3 decimals."""
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, justify="left" if col == columns[0] else "right")
-    for r in rows:
-        table.add_row(r[0], f"{r[1]:.3f}", *r[2:])
-    return table
 
 
 @DEMOS.register("core")

@@ -13,7 +13,6 @@ and gradient accumulation are the Trainer's.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 import lightning as L
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from alignkit.core.encoders import freeze
 from alignkit.core.losses import EMATeacher
+from alignkit.core.optim import configure_adamw
 from alignkit.core.registry import ENCODERS, HEADS, LOSSES, MODELS
 
 
@@ -52,16 +52,6 @@ def build_tower(name: str, spec: Dict[str, Any], embed_dim: int) -> Tower:
     head = HEADS.build(spec.get("head", "linear"), where=f"model.towers.{name}.head_params",
                        in_dim=encoder.output_dim, out_dim=embed_dim, **spec.get("head_params", {}))
     return Tower(encoder, head, frozen=bool(spec.get("frozen", False)))
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: ``step / warmup`` during warm-up, then ``min + (1-min) * (1 + cos(pi * t)) / 2``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @MODELS.register("alignment")
@@ -158,20 +148,8 @@ class AlignmentModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith("teacher."):
-                continue
-            (no_decay if p.ndim < 2 or "logit" in name or "norm" in name else decay).append(p)
-        o = self.optim_cfg
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(o.get("weight_decay", 0.05))},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(o.get("lr", 1e-3)), betas=tuple(o.get("betas", (0.9, 0.98))), eps=float(o.get("eps", 1e-6)))
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        warm, min_ratio = int(o.get("warmup_steps", 0)), float(o.get("min_lr_ratio", 0.0))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, min_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        """AdamW + warm-up/cosine (:func:`alignkit.core.optim.configure_adamw`); the EMA teacher is not trained."""
+        return configure_adamw(self, self.optim_cfg, skip_prefixes=("teacher.",))
 
 
 def _batch_size(batch: Dict[str, Any]) -> int:

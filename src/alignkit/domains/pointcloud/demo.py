@@ -29,7 +29,7 @@ from rich.table import Table
 
 from alignkit.core.api import AlignedModel
 from alignkit.core.config import configs_dir, load_config, to_plain
-from alignkit.core.demo import results_table
+from alignkit.core.results import results_table
 from alignkit.core.evaluate import class_embeddings, embed_loader, topk_accuracy, zero_shot_predict
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.runner import CHECKPOINT_DIR, LAST_CHECKPOINT, train, write_metrics

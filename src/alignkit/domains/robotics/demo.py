@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from alignkit.core.config import configs_dir, load_config
-from alignkit.core.demo import results_table
+from alignkit.core.results import results_table
 from alignkit.core.registry import DEMOS
 from alignkit.core.runner import config_threads, train, write_metrics
 from alignkit.domains.robotics.collect import write_demonstrations

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from alignkit.core.config import configs_dir, load_config, to_plain
 from alignkit.core.data import collate_samples
-from alignkit.core.demo import results_table
+from alignkit.core.results import results_table
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.runner import train, write_metrics
 from alignkit.domains.medical.echo import encoders  # noqa: F401  (register the towers)
