@@ -26,18 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from alignkit.core.registry import ENCODERS, HEADS, ConfigError, did_you_mean
+from alignkit.core.registry import ENCODERS, HEADS, ConfigError, check_choice, did_you_mean
 
 SpatialSize = Union[int, Sequence[int]]
 TextItem = Union[str, Sequence[str]]
 """One text of a batch: a string, or a list of strings (e.g. a report as its sentences)."""
-
-
-def check_choice(value: Any, choices: Sequence[Any], what: str) -> None:
-    """Raise :class:`ConfigError` naming ``what`` if ``value`` is not one of ``choices``."""
-    if value not in choices:
-        hint = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
-        raise ConfigError(f"{what} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
 
 
 # =========================================================================== freezing and building

@@ -31,6 +31,13 @@ class ConfigError(ValueError):
     """A config names something that does not exist or has a wrong value."""
 
 
+def check_choice(value: Any, choices: Sequence[Any], what: str) -> None:
+    """Raise :class:`ConfigError` naming ``what`` if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        hint = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+        raise ConfigError(f"{what} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
+
+
 class Registry:
     """Named constructors of one kind (``encoder``, ``loss``, ...)."""
 

@@ -39,8 +39,7 @@ from monai.transforms import Compose, Randomizable, RandomizableTransform
 from torch.utils.data import get_worker_info
 
 from alignkit.core.data import ImageTextDecoder, PairedDataset, RawRecord, RawValue, build_decoder, raw_text
-from alignkit.core.encoders import check_choice
-from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
 from alignkit.domains.pointcloud.io import (UP_AXES, ModelNet40MeshReader, ModelNet40ResampledReader,
                                             PointFileError, PointFolderReader, PointLayoutReader, PointRecord,
                                             SampledCloudCache, ScanObjectNNReader, ShapeNet55Reader,

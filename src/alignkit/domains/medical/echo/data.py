@@ -27,8 +27,7 @@ from monai.data import MetaTensor
 from torch import Tensor
 
 from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.encoders import check_choice
-from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
 from alignkit.domains.medical.echo.io import (ECHO_SUFFIXES, ECHOPRIME_VIEWS, REPORT_SECTIONS, SECTOR_MASKING,
                                               EchoNetReader, EchoStudy, EchoStudyTableReader, EchoVideoRecord,
                                               load_echo, probe_echo)

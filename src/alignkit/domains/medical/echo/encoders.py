@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import check_choice, check_image
-from alignkit.core.registry import ENCODERS, ConfigError
+from alignkit.core.encoders import check_image
+from alignkit.core.registry import ENCODERS, ConfigError, check_choice
 
 TEMPORAL_POOLS = ("mean", "mean_std")
 

@@ -37,8 +37,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import ImageMetaKey, MetaKeys, ensure_tuple
 
 from alignkit.core.data import MISSING_VALUES
-from alignkit.core.encoders import check_choice
-from alignkit.core.registry import ConfigError
+from alignkit.core.registry import ConfigError, check_choice
 from alignkit.domains.medical.reports import ECHO_HEADERS, EmptyReportError, check_report_rule, report_text
 from alignkit.domains.medical.dicom import is_dicom
 from alignkit.domains.medical.tables import BadRowError, read_table, require_columns

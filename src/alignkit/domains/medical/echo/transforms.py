@@ -20,8 +20,7 @@ from monai.transforms import (CenterSpatialCrop, Compose, MapTransform, Normaliz
                               ScaleIntensityRange, SpatialPad, Transform)
 from torch import Tensor
 
-from alignkit.core.encoders import check_choice
-from alignkit.core.registry import ConfigError
+from alignkit.core.registry import ConfigError, check_choice
 
 CLIP_STARTS = ("random", "centre", "first")
 PAD_MODES = ("repeat", "loop")

@@ -21,8 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.encoders import check_choice
-from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
 from alignkit.domains.medical.reports import split_sentences
 from alignkit.domains.medical.xray.io import (CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, CheXpertReader,
                                               GenericCsvReader, MimicCxrJpgReader, NIHChestXray14Reader, Window,

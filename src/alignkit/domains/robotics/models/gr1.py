@@ -63,8 +63,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from alignkit.core.encoders import MLPHead, check_choice
-from alignkit.core.registry import MODELS, ConfigError
+from alignkit.core.encoders import MLPHead
+from alignkit.core.registry import MODELS, ConfigError, check_choice
 from alignkit.domains.robotics.models.perceiver import PerceiverResampler, Transformer
 from alignkit.domains.robotics.models.voltron import (TextSpec, check_model_section, normalize_patches, patch_mse,
                                                       patchify, sincos_position_embedding)

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from alignkit.core.encoders import build_encoder, check_choice, freeze
+from alignkit.core.encoders import build_encoder, freeze
 from alignkit.core.module import warmup_cosine
-from alignkit.core.registry import ENCODERS, MODELS, ConfigError
+from alignkit.core.registry import ENCODERS, MODELS, ConfigError, check_choice
 from alignkit.domains.robotics.models.perceiver import Transformer
 
 VARIANTS = ("v-cond", "v-dual", "v-gen")
