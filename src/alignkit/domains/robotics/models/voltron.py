@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alignkit.core.encoders import build_encoder, freeze
-from alignkit.core.module import warmup_cosine
+from alignkit.core.optim import warmup_cosine
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError, check_choice
 from alignkit.domains.robotics.models.perceiver import Transformer
 
