@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.losses import (ClipLoss, EMATeacher, ITMHead, LossOutput, MatryoshkaLoss, MultiPositiveInfoNCELoss,
+                                  clamp_logit_scales_,
                                   SigLipLoss, clip_loss, momentum_distillation_targets, multi_positive_infonce_loss,
                                   sample_hard_negatives, siglip_loss)
 from alignkit.core.registry import LOSSES, ConfigError
@@ -32,8 +33,9 @@ def assert_same(got: Tensor, want: Tensor, got_grads: list, want_grads: list, at
 
 
 # ------------------------------------------------------------------ hand-written references
-def ref_clip(a: Tensor, b: Tensor, logit_scale: Tensor, eps: float = 0.0, teacher=None, alpha: float = 0.4) -> Tensor:
-    s = logit_scale.exp().clamp(max=100.0)
+def ref_clip(a: Tensor, b: Tensor, logit_scale: Tensor, eps: float = 0.0, teacher=None, alpha: float = 0.4,
+             max_scale: float = 100.0) -> Tensor:
+    s = logit_scale.clamp(max=math.log(max_scale)).exp()  # the cap on the log: a scale at the cap keeps its gradient
     logits = s * a @ b.T
     n = len(a)
     eye = torch.eye(n, dtype=a.dtype)
@@ -65,6 +67,20 @@ def ref_multi_positive(a: Tensor, b: Tensor, logit_scale: Tensor, ga: Tensor, gb
             pos = logp[i][mask[i]]
             per_row.append(-torch.logsumexp(pos, 0) if mode == "logsum" else -pos.mean())
         total = total + torch.stack(per_row).mean()
+    return total / 2
+
+
+def ref_multi_positive_fast(a: Tensor, b: Tensor, logit_scale: Tensor, ga: Tensor, gb: Tensor, mode: str) -> Tensor:
+    """:func:`ref_multi_positive` with the row loop vectorised (for large batches)."""
+    logits = logit_scale.exp() * a @ b.T
+    total = 0.0
+    for lg, mask in ((logits, ga[:, None] == gb[None, :]), (logits.T, gb[:, None] == ga[None, :])):
+        logp = torch.log_softmax(lg, 1)
+        if mode == "logsum":
+            per_row = -logp.masked_fill(~mask, -math.inf).logsumexp(1)
+        else:
+            per_row = -(logp * mask).sum(1) / mask.sum(1)
+        total = total + per_row.mean()
     return total / 2
 
 
@@ -108,7 +124,7 @@ def test_clip_chunked_large_logits_within_1e5_of_float64_reference():
     a, b = unit(300, 32), unit(300, 32)
     ls = torch.tensor(math.log(100.0), requires_grad=True)
     a64, b64 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
-    ls64 = ls.detach().double().requires_grad_()
+    ls64 = torch.tensor(math.log(100.0), dtype=torch.float64, requires_grad=True)  # the cap in either precision
     want = ref_clip(a64, b64, ls64, 0.1)
     want_g = grads(want, a64, b64, ls64)
     for chunk in (None, 64, 77):
@@ -126,6 +142,93 @@ def test_logit_scale_is_clamped_at_max():
     assert grads(loss, ls)[0].item() == 0.0
     module = ClipLoss(init_temperature=1 / 1000)
     assert module(a, b).metrics["logit_scale"].item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("make", [lambda: ClipLoss(init_temperature=0.01),
+                                  lambda: MultiPositiveInfoNCELoss(init_temperature=0.01),
+                                  lambda: SigLipLoss(init_logit_scale=math.log(100.0))])
+def test_temperature_at_the_cap_still_learns_back_down(make):
+    """init_temperature 1/100 puts logit_scale at the cap (exp(float32(log 100)) = 100.0000076 > 100); it must still
+    receive gradient, and a step on random pairs (where a softer softmax is better) must lower it."""
+    torch.manual_seed(5)
+    module = make()
+    a, b = unit(32, D).detach(), unit(32, D).detach()
+    module(a, b).loss.backward()
+    grad = module.logit_scale.grad
+    assert grad is not None and grad.item() > 0
+    opt = torch.optim.SGD([module.logit_scale], lr=0.01)
+    before = module.logit_scale.item()
+    opt.step()
+    assert module.logit_scale.item() < before
+
+
+def test_temperature_pushed_past_the_cap_is_clamped_back_and_learns():
+    """open_clip's in-place clamp after a step: a logit_scale the optimiser pushed past log(max) returns to the cap,
+    where it has gradient again (AlignmentModule calls clamp_logit_scales_ after every training batch)."""
+    torch.manual_seed(6)
+    losses = nn.ModuleList([ClipLoss(), MatryoshkaLoss(dims=[4, 8], loss="clip"), ClipLoss(learnable_temperature=False,
+                                                                                            init_temperature=0.001)])
+    with torch.no_grad():
+        losses[0].logit_scale.fill_(5.0)
+        losses[1].inner.logit_scale.fill_(6.0)
+    a, b = unit(16, D).detach(), unit(16, D).detach()
+    assert grads(losses[0](a, b).loss, losses[0].logit_scale)[0].item() == 0.0  # past the cap: no gradient
+    clamp_logit_scales_(losses)
+    for scale in (losses[0].logit_scale, losses[1].inner.logit_scale):
+        assert scale.item() == pytest.approx(math.log(100.0), abs=1e-6)
+    assert losses[2].logit_scale.item() == pytest.approx(math.log(1000.0))  # fixed (buffer) scales are left alone
+    assert grads(losses[0](a, b).loss, losses[0].logit_scale)[0].item() != 0.0
+
+
+def near_pairs(n: int, d: int, noise: float, seed: int) -> tuple:
+    """Float32-representable unit pairs ``b_i ~ a_i`` (float64 copies of float32 values) with near-zero losses."""
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    b = F.normalize(a + noise * torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    return a.float().double(), b.float().double()
+
+
+@pytest.mark.parametrize("noise", [0.12, 0.16, 0.25])
+def test_float32_infonce_within_1e6_of_float64_at_small_losses(noise):
+    """Float32 InfoNCE (plain and chunked, CLIP and both multi-positive modes) within 1e-6 relative of the float64
+    reference at losses down to 1e-3 (scale 100): per-line statistics never subtract two logits of size 100."""
+    a, b = near_pairs(512, 64, noise, seed=7)
+    scale = torch.tensor(math.log(100.0)).double()  # the float32 scale's value, so both sides solve the same problem
+    groups = torch.arange(512) // 2  # pairs of samples share a group
+    cases = {
+        "clip": (lambda x, y, s, **kw: clip_loss(x, y, s, **kw), ref_clip(a, b, scale, max_scale=math.inf)),
+        "logsum": (lambda x, y, s, **kw: multi_positive_infonce_loss(x, y, s, groups_a=groups, groups_b=groups,
+                                                                     mode="logsum", **kw),
+                   ref_multi_positive_fast(a, b, scale, groups, groups, "logsum")),
+        "supcon": (lambda x, y, s, **kw: multi_positive_infonce_loss(x, y, s, groups_a=groups, groups_b=groups,
+                                                                     mode="supcon", **kw),
+                   ref_multi_positive_fast(a, b, scale, groups, groups, "supcon")),
+    }
+    losses = []
+    for name, (loss_fn, want) in cases.items():
+        losses.append(want.item())
+        for chunk in (None, 100):
+            got = loss_fn(a.float(), b.float(), scale.float(), chunk_size=chunk)
+            assert got.dtype == torch.float32
+            rel = abs(got.item() - want.item()) / want.item()
+            assert rel < 1e-6, f"{name} chunk {chunk}: loss {want.item():.3e}, relative error {rel:.2e}"
+    if noise == 0.12:
+        assert min(losses) < 1e-3  # the smallest case goes below 1e-3
+
+
+def test_float32_clip_gradient_at_small_loss_beats_plain_softmax():
+    """Gradients at a loss of ~2e-3 stay within 5e-6 (relative norm) of float64, better than a float32 full
+    softmax cross-entropy (which rounds p_ii near 1)."""
+    a, b = near_pairs(512, 64, 0.16, seed=8)
+    scale = torch.tensor(math.log(100.0)).double()
+    a64, b64 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    want_g = grads(ref_clip(a64, b64, scale, max_scale=math.inf), a64)[0]
+    a32, b32 = a.float().requires_grad_(), b.float().requires_grad_()
+    for chunk in (None, 100):
+        got_g = grads(clip_loss(a32, b32, scale.float(), chunk_size=chunk), a32)[0].double()
+        assert ((got_g - want_g).norm() / want_g.norm()).item() < 5e-6
+    naive_g = grads(ref_clip(a32, b32, scale.float()), a32)[0].double()
+    assert ((naive_g - want_g).norm() / want_g.norm()).item() > ((got_g - want_g).norm() / want_g.norm()).item()
 
 
 def test_clip_module_owns_temperature():

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import freeze
-from alignkit.core.losses import EMATeacher
+from alignkit.core.encoders import clip, heads, image, text  # noqa: F401  (register the towers and heads built by name)
+from alignkit.core.encoders.base import freeze
+from alignkit.core.losses import EMATeacher, clamp_logit_scales_
 from alignkit.core.optim import configure_adamw
 from alignkit.core.registry import ENCODERS, HEADS, LOSSES, MODELS
 
@@ -134,6 +135,7 @@ class AlignmentModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in out.items() if k != "loss"}, batch_size=bs, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        clamp_logit_scales_(self.losses)  # a temperature pushed past its cap sits at the cap and still learns
         if self.teacher is not None:
             self.teacher.update(self.towers)
 
