@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import alignkit.domains.pointcloud.models  # noqa: F401  (registers the towers)
-from alignkit.core.encoders import count_parameters
+from alignkit.core.encoders.base import count_parameters
 from alignkit.core.registry import ENCODERS
 
 BACKBONES = ("pointnet2-ssg", "pointbert")

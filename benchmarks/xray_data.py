@@ -24,10 +24,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.core.data import AlignmentDataModule
+from alignkit.core.datamodule import AlignmentDataModule
 from alignkit.core.registry import ENCODERS, HEADS
 from alignkit.domains.medical.xray import data as _xray_data  # noqa: F401  (registers "cxr")
-from alignkit.domains.medical.xray.synthetic import write_synthetic_mimic
+from alignkit.domains.medical.xray.synthetic.archive import write_synthetic_mimic
 
 
 def loader_rate(root: Path, image_size: int, batch_size: int, workers: int, batches: int) -> float:

@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny shapes dataset in the paired-csv format: 4 blocks x 8 shapes for training, 24 val, 40 test."""
-    from alignkit.core.shapes import write_shapes_dataset
+    from alignkit.demos.shapes import write_shapes_dataset
     root = tmp_path_factory.mktemp("shapes_tiny")
     write_shapes_dataset(root, train_replicas=1, max_train_blocks=4, num_val=24, num_test=40, image_size=32)
     return root
@@ -37,7 +37,7 @@ def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cxr_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic MIMIC-CXR-JPG tree of 30 studies at 64 px, 60/20/20 % train/validate/test."""
-    from alignkit.domains.medical.xray.synthetic import write_synthetic_mimic
+    from alignkit.domains.medical.xray.synthetic.archive import write_synthetic_mimic
     root = tmp_path_factory.mktemp("cxr_tiny")
     write_synthetic_mimic(root, 30, image_size=64, split_fractions=(0.6, 0.2, 0.2))
     return root
@@ -52,8 +52,9 @@ TINY_TRAIN = ["trainer.max_steps=4", "data.batch_size=16", "model.towers.image.p
 def exported_tiny_model(shapes_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo config trained for 4 steps on ``shapes_tiny`` and exported with `alignkit export`."""
     from alignkit.cli import main
+    from alignkit.core.config import configs_dir
     out = tmp_path_factory.mktemp("tiny_run")
-    config = REPO / "configs" / "core" / "shapes_demo.yaml"
+    config = configs_dir() / "core" / "shapes_demo.yaml"
     assert main(["train", "-c", str(config), "--set", f"data.params.root={shapes_tiny}", f"out_dir={out}",
                  "name=tiny", *TINY_TRAIN]) == 0
     assert main(["export", str(out / "tiny"), "--out", str(out / "export")]) == 0

@@ -100,3 +100,57 @@ def test_domains_register_their_own_subcommands(capsys: pytest.CaptureFixture) -
         assert "got hello" in capsys.readouterr().out
     finally:
         COMMANDS._entries.pop("echo-args")
+
+
+def test_overrides_are_bare_key_values_set_items_or_dotted_options() -> None:
+    """Hydra's `key=value`, the `--set` list and LightningCLI's `--data.batch_size=32` all become overrides; a
+    positional after `--set` stays a positional."""
+    from alignkit.cli import build_parser, split_overrides
+    rest, overrides = split_overrides(["bench", "--set", "a.b=1", "xray", "-c", "x.yaml", "c=[1, 2]",
+                                       "--data.batch_size=32", "--set=objectives.0.loss=siglip"])
+    assert rest == ["bench", "xray", "-c", "x.yaml"]
+    assert overrides == ["a.b=1", "c=[1, 2]", "data.batch_size=32", "objectives.0.loss=siglip"]
+    assert build_parser().parse_args(rest).name == "xray"
+
+
+@pytest.mark.parametrize("form", [["data.batch_size=0"], ["--set", "data.batch_size=0"], ["--data.batch_size=0"]])
+def test_every_override_form_reaches_the_config(form: list, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "-c", "core/shapes_demo", "data.params.root=/nowhere", *form]) == 2
+    assert "data.batch_size = 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_a_command_without_a_config_refuses_overrides() -> None:
+    with pytest.raises(SystemExit):
+        main(["configs", "data.batch_size=4"])
+
+
+def test_resume_takes_latest_or_a_checkpoint_path(tmp_path: Path) -> None:
+    from alignkit.cli import build_parser
+    from alignkit.core.config import load_config
+    from alignkit.core.registry import ConfigError
+    from alignkit.core.runner import resume_checkpoint
+    parse = build_parser().parse_args
+    assert parse(["train", "-c", CONFIG]).resume is None
+    assert parse(["train", "-c", CONFIG, "--resume"]).resume == "latest"
+    assert parse(["train", "-c", CONFIG, "--resume", "latest"]).resume == "latest"
+    assert parse(["train", "-c", CONFIG, "--resume", "run/step0000100.ckpt"]).resume == "run/step0000100.ckpt"
+
+    cfg = load_config(_config_path(), [f"out_dir={tmp_path}", "name=r", "data.params.root=/x"])
+    assert resume_checkpoint(cfg, None) is None  # a new run
+    with pytest.raises(ConfigError, match="no checkpoint at .*last.ckpt"):
+        resume_checkpoint(cfg, "latest")
+    with pytest.raises(ConfigError, match="no checkpoint at .*other.ckpt"):
+        resume_checkpoint(cfg, str(tmp_path / "other.ckpt"))
+    (tmp_path / "other.ckpt").write_bytes(b"x")
+    assert resume_checkpoint(cfg, str(tmp_path / "other.ckpt")) == tmp_path / "other.ckpt"
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"x")
+    assert resume_checkpoint(cfg, "latest") == last and resume_checkpoint(cfg, True) == last
+    with pytest.raises(ConfigError, match="already holds a checkpoint"):
+        resume_checkpoint(cfg, None)
+
+
+def _config_path() -> Path:
+    from alignkit.core.config import resolve_config_path
+    return resolve_config_path(CONFIG)

@@ -7,11 +7,10 @@ from typing import Callable, Dict, List
 
 import pytest
 
-from alignkit.core.config import list_configs, load_config
+from alignkit.core.config import configs_dir, list_configs, load_config
 from alignkit.core.runner import train
-from alignkit.plugins import load_all
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = configs_dir()
 TINY_IMAGE = 64  # frames of the tiny robotics datasets at most this side
 
 def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
@@ -48,10 +47,10 @@ def lerobot_tiny(request: pytest.FixtureRequest) -> List[str]:
 TINY_DATA: Dict[str, Callable[[pytest.FixtureRequest], List[str]]] = {
     "paired-csv": lambda request: [f"data.params.root={request.getfixturevalue('shapes_tiny')}"],
     "cxr": lambda request: [f"data.params.root={request.getfixturevalue('cxr_tiny')}", "data.params.image_size=64"],
-    "echo-studies": lambda request: [f"data.params.root={__import__('alignkit.domains.medical.echo.synthetic', fromlist=['_']).write_synthetic_echo(request.getfixturevalue('tmp_path') / 'echo', 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))}", "data.params.image_size=32", "data.params.num_frames=4"],
+    "echo-studies": lambda request: [f"data.params.root={__import__('alignkit.domains.medical.echo.synthetic.archive', fromlist=['_']).write_synthetic_echo(request.getfixturevalue('tmp_path') / 'echo', 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))}", "data.params.image_size=32", "data.params.num_frames=4"],
     "modelnet40": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.synthetic', fromlist=['_']).write_synthetic_modelnet(request.getfixturevalue('tmp_path') / 'modelnet', 1, 1).root}", "data.params.num_points=1024", "data.params.surface_points=2048", "data.params.image_size=32", "data.params.num_views=2", f"data.params.cache_dir={request.getfixturevalue('tmp_path') / 'cache'}"],
     "lerobot": lerobot_tiny,
-    "rgbd-frames": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.rgbd', fromlist=['_']).write_synthetic_scenes(request.getfixturevalue('tmp_path') / 'scenes', 4, 4, image_size=32, split_fractions=(3, 0, 1)).root}", "data.params.num_points=256"],
+    "rgbd-frames": lambda request: [f"data.params.root={__import__('alignkit.domains.pointcloud.rgbd.synthetic', fromlist=['_']).write_synthetic_scenes(request.getfixturevalue('tmp_path') / 'scenes', 4, 4, image_size=32, split_fractions=(3, 0, 1)).root}", "data.params.num_points=256"],
 }
 
 # one step on one CPU process; the config's model, losses, optimiser and precision stay as published
@@ -75,7 +74,6 @@ def test_there_are_configs() -> None:
 
 @pytest.mark.parametrize("path", _config_ids(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_runs_one_step(path: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    load_all()
     from omegaconf import OmegaConf
     dataset = OmegaConf.load(path).data.dataset
     assert dataset in TINY_DATA, f"{path}: add a tiny-data fixture for dataset '{dataset}' to TINY_DATA"
@@ -94,7 +92,6 @@ TINY_BENCHX = ["benchx.fractions=[1.0]", "benchx.seeds=[0]", "benchx.epochs=1", 
 
 @pytest.mark.parametrize("path", _bench_ids(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_bench_config_runs(path: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    load_all()
     from alignkit.core.registry import BENCHES
     from omegaconf import OmegaConf
     bench = OmegaConf.load(path).bench

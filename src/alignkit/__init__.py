@@ -1,5 +1,5 @@
 """alignkit: language-aligned representation learning on one contrastive core."""
-__version__ = "0.1.0"
+from alignkit.version import __version__
 
 
 def load(path, map_location="cpu"):

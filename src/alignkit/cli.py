@@ -1,46 +1,63 @@
 """The ``alignkit`` command. It parses arguments, then calls into the core and the domains.
 
-    alignkit train  -c CONFIG [--set key=value ...] [--resume]
-    alignkit eval   -c CONFIG --ckpt PATH [--set key=value ...] [--out DIR]
+    alignkit train  -c CONFIG [key=value ...] [--resume [latest|CKPT]]
+    alignkit eval   -c CONFIG --ckpt PATH [key=value ...] [--out DIR]
     alignkit demo   NAME [--out DIR] [--fast]
     alignkit configs
-    alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N]
+    alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N] [key=value ...]
     alignkit export RUN --out DIR [--ckpt PATH]
-    alignkit bench  NAME -c CONFIG [--set key=value ...]     (e.g. bench xray: BenchX-style comparison)
+    alignkit bench  NAME -c CONFIG [key=value ...]     (e.g. bench xray: BenchX-style comparison)
 
-Domains add their own subcommands through ``alignkit.core.registry.COMMANDS`` (``alignkit --help`` lists them).
+Config overrides are ``key=value`` items anywhere after the subcommand (Hydra's form: dotted keys, list
+indices as ``objectives.0.loss``, YAML values), also accepted as ``--set key=value ...`` and LightningCLI's
+``--data.batch_size=32``. ``CONFIG`` is a file or the name of a config shipped with the package
+(``alignkit configs`` lists them, e.g. ``core/shapes_demo``). Domains add their own subcommands through
+``alignkit.core.registry.COMMANDS``; building this parser imports only those small command modules.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights only ever come from local folders
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+_KEY = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*$")
+DOMAIN_PACKAGES = {"medical": ("pydicom", "av"), "pointcloud": ("open3d", "trimesh"),
+                   "robotics": ("gymnasium", "mujoco", "minigrid", "metaworld", "av")}
+"""What each domain's extra installs (checked without importing it)."""
 
-def configs_dir() -> Path:
-    from alignkit.core.config import configs_dir as find
-    return find()
 
-
-def resolve_config_path(name: str) -> Path:
-    """A config path as given, or relative to ``configs/`` (with or without ``.yaml``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (configs_dir() / name, configs_dir() / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    return p
+def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``argv`` without its config overrides, and the overrides (``key=value``): bare items, the items after
+    ``--set`` and ``--dotted.key=value`` options. Items that are not ``key=value`` stay where they are (so a
+    positional after ``--set`` is not swallowed)."""
+    rest: List[str] = []
+    overrides: List[str] = []
+    for token in argv:
+        if token == "--set":
+            continue
+        if token.startswith("--set="):
+            overrides.append(token[len("--set="):])
+            continue
+        key, sep, _ = token.partition("=")
+        if sep and not token.startswith("-") and _KEY.match(key):
+            overrides.append(token)
+        elif sep and token.startswith("--") and "." in key and _KEY.match(key[2:]):
+            overrides.append(token[2:])
+        else:
+            rest.append(token)
+    return rest, overrides
 
 
 def _load(args: argparse.Namespace):
-    from alignkit.core.config import load_config
-    return load_config(resolve_config_path(args.config), args.set or [])
+    from alignkit.core.config import load_config, resolve_config_path
+    return load_config(resolve_config_path(args.config), args.overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -67,20 +84,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from alignkit.core.config import resolve_config_path
     from alignkit.core.registry import BENCHES
-    BENCHES.get(args.name)(resolve_config_path(args.config), args.set or [])
+    BENCHES.get(args.name)(resolve_config_path(args.config), args.overrides)
     return 0
 
 
+def missing_extras() -> List[str]:
+    """Domains whose packages are not installed (found without importing anything)."""
+    out = []
+    for domain, packages in DOMAIN_PACKAGES.items():
+        missing = [p for p in packages if importlib.util.find_spec(p) is None]
+        if missing:
+            out.append(f"{domain} (missing {', '.join(missing)}: pip install 'alignkit[{domain}]')")
+    return out
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
-    from alignkit.core.config import list_configs
-    from alignkit.plugins import load_all
-    unavailable = load_all()
+    from alignkit.core.config import configs_dir, list_configs
     root = configs_dir()
     for path in list_configs(root):
         print(path.relative_to(root))
-    for domain, why in unavailable.items():
-        print(f"# domain '{domain}' not importable: {why}", file=sys.stderr)
+    for line in missing_extras():
+        print(f"# not installed: {line}", file=sys.stderr)
     return 0
 
 
@@ -92,7 +118,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     dataset = DATASETS.build(cfg.data.dataset, where="data.params", split=args.split, **to_plain(cfg.data.params))
     paths = write_shards(dataset, Path(args.out), max_count=args.max_count)
     print(f"wrote {len(dataset)} samples in {len(paths)} shards; train from them with "
-          f"--set data.shards='{shard_pattern(paths)}'")
+          f"data.shards='{shard_pattern(paths)}'")
     return 0
 
 
@@ -122,17 +148,21 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignkit", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="alignkit", description=__doc__.split("\n")[0],
+                                epilog="Overrides: key=value after the subcommand, e.g. "
+                                       "alignkit train -c core/shapes_demo data.batch_size=32 trainer.max_steps=100")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", required=True, help="YAML config (path, or name under configs/)")
-        sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
-                        help="override config values, e.g. --set trainer.max_steps=100 data.batch_size=32")
+        sp.add_argument("-c", "--config", required=True,
+                        help="YAML config: a file, or a shipped config's name (alignkit configs lists them)")
+        sp.add_argument("--set", metavar="KEY=VALUE", help="config overrides, also written bare: key=value ...")
+        sp.set_defaults(takes_overrides=True)
 
     sp = sub.add_parser("train", help="train a model from a config")
     with_config(sp)
-    sp.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    sp.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CKPT",
+                    help="continue the run: from its last checkpoint (latest, the default) or from CKPT")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("eval", help="evaluate a checkpoint with the config's evaluators")
@@ -141,18 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval)")
     sp.set_defaults(func=cmd_eval)
 
+    from alignkit.core.registry import BENCHES, COMMANDS, DEMOS
     sp = sub.add_parser("demo", help="run an embedded demo end to end")
-    sp.add_argument("name", help="core (more in the domain packages)")
+    sp.add_argument("name", help=f"one of: {', '.join(DEMOS.names())}")
     sp.add_argument("--out", help="output folder (default runs/demo-NAME)")
     sp.add_argument("--fast", action="store_true", help="a shorter run for tests (minutes, not tens of minutes)")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("bench", help="train the configured methods and compare them in one table")
-    sp.add_argument("name", help="xray")
+    sp.add_argument("name", help=f"one of: {', '.join(BENCHES.names())}")
     with_config(sp)
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("configs", help="list every config in configs/")
+    sp = sub.add_parser("configs", help="list the configs shipped with the package")
     sp.set_defaults(func=cmd_configs)
 
     sp = sub.add_parser("shard", help="write a config's dataset as WebDataset tar shards")
@@ -168,17 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ckpt", help="checkpoint (default RUN/checkpoints/last.ckpt)")
     sp.set_defaults(func=cmd_export)
 
-    from alignkit.core.registry import COMMANDS
-    from alignkit.plugins import load_all
-    load_all()  # the domains register their own subcommands (interpret, convert, collect, ...)
-    for name in COMMANDS.names():
+    for name in COMMANDS.names():  # the domains' subcommands (interpret, convert, collect, ...)
         COMMANDS.get(name)(sub)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from alignkit.core.registry import ConfigError
-    args = build_parser().parse_args(argv)
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    if overrides and not getattr(args, "takes_overrides", False):
+        parser.error(f"alignkit {args.command} takes no config overrides, got: {' '.join(overrides)}")
+    args.overrides = overrides
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.core.config import load_config
+from alignkit.core.config import configs_dir, load_config
 from alignkit.core.registry import ConfigError
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "core" / "shapes_demo.yaml"
+CONFIG = configs_dir() / "core" / "shapes_demo.yaml"
 
 
 def test_demo_config_loads_and_overrides_apply(shapes_tiny: Path) -> None:
@@ -79,3 +79,35 @@ def test_a_bad_thread_cap_is_refused(cap: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(MAX_THREADS_ENV, cap)
     with pytest.raises(ConfigError, match=MAX_THREADS_ENV):
         config_threads(load_config(CONFIG, ["data.params.root=/x"]))
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.objectives.0.params.chunk_size=0", ["model.objectives[0].params.chunk_size", "0", ">= 1"]),
+    ("model.objectives.0.params.init_temperature=-0.1", ["init_temperature", "> 0"]),
+    ("model.objectives.0.params.label_smoothing=1.5", ["label_smoothing", ">= 0 and < 1"]),
+    ("model.objectives.0.params.chunk_size=many", ["chunk_size", "'many'", "an integer"]),
+    ("model.towers.text.params.pooling=max", ["model.towers.text.params.pooling", "'mean'", "'cls'"]),
+    ("model.towers.image.params.widths=[16,0]", ["widths", "item 1"]),
+    ("data.batch_size=0", ["data.batch_size", ">= 1"]),
+    ("optim.lr=0", ["optim.lr", "> 0"]),
+    ("optim.betas=[0.9,1.0]", ["optim.betas", "< 1"]),
+    ("trainer.precision=fp8", ["trainer.precision", "'bf16-mixed'"]),
+    ("model.ema.decay=2", ["model.ema.decay", "<= 1"]),
+    ("eval.0.params.num_candidates=1", ["eval[0].params.num_candidates", ">= 2"]),
+])
+def test_values_are_type_and_range_checked_when_the_config_loads(override: str, words: list) -> None:
+    """A value outside its type or range fails at load time (before data or model exist), naming the key, the
+    value and what is allowed."""
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIG, ["data.params.root=/nowhere", override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_a_shipped_config_is_found_by_name_and_a_wrong_name_gets_a_suggestion() -> None:
+    import alignkit
+    from alignkit.core.config import resolve_config_path
+    found = resolve_config_path("core/shapes_demo")
+    assert found == CONFIG and Path(alignkit.__file__).parent in found.parents  # inside the installed package
+    with pytest.raises(ConfigError, match="did you mean 'core/shapes_demo.yaml'"):
+        resolve_config_path("core/shape_demo")

@@ -15,9 +15,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from alignkit.core.data import (AlignmentDataModule, GroupedBatchSampler, PairedImageTextCSV, build_decoder,
-                                collate_samples)
+from alignkit.core.collate import collate_samples
+from alignkit.core.datamodule import AlignmentDataModule
+from alignkit.core.paired import build_decoder
+from alignkit.core.paired_csv import PairedImageTextCSV
 from alignkit.core.registry import DATASETS, ConfigError
+from alignkit.core.samplers import GroupedBatchSampler
 from alignkit.core.shards import ShardedIterableDataset, read_manifest, shard_pattern, write_shards
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -193,7 +196,7 @@ def test_bad_rows_raise_with_file_and_row_or_are_skipped(tmp_path: Path, case: s
     with pytest.raises(ValueError, match=ROW_CASES[case]) as err:
         PairedImageTextCSV(str(root), group_column="study")
     assert f"{root / 'pairs.csv'} row 4" in str(err.value) and str(root / "img/003.png") in str(err.value)
-    with caplog.at_level(logging.WARNING, logger="alignkit.core.data"):
+    with caplog.at_level(logging.WARNING, logger="alignkit.core.paired_csv"):
         ds = PairedImageTextCSV(str(root), group_column="study", skip_bad=True)
     assert len(ds) == 23 and "img/003.png" not in {ds[i]["id"] for i in range(len(ds))}
     assert len(ds.skipped) == 1 and "row 4" in ds.skipped[0][0] and "img/003.png" in ds.skipped[0][0]

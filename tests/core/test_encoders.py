@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignkit.core.encoders import (FrozenTower, MLPHead, TextEncoder, build_encoder, count_parameters, freeze,
-                                    packaged_minilm_dir)
+from alignkit.core.encoders import image  # noqa: F401  (registers small-cnn and the monai towers)
+from alignkit.core.encoders.base import FrozenTower, build_encoder, count_parameters, freeze
+from alignkit.core.encoders.heads import MLPHead
+from alignkit.core.encoders.text import TextEncoder, packaged_minilm_dir
 from alignkit.core.registry import ENCODERS, HEADS, ConfigError
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignkit.core.blockwise import momentum_distillation_targets
 from alignkit.core.losses import (ClipLoss, EMATeacher, ITMHead, LossOutput, MatryoshkaLoss, MultiPositiveInfoNCELoss,
-                                  clamp_logit_scales_,
-                                  SigLipLoss, clip_loss, momentum_distillation_targets, multi_positive_infonce_loss,
+                                  SigLipLoss, clamp_logit_scales_, clip_loss, multi_positive_infonce_loss,
                                   sample_hard_negatives, siglip_loss)
 from alignkit.core.registry import LOSSES, ConfigError
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from alignkit.core.config import load_config
+from alignkit.core.config import configs_dir, load_config
 from alignkit.core.runner import train
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "core" / "shapes_demo.yaml"
+CONFIG = configs_dir() / "core" / "shapes_demo.yaml"
 
 
 class StopAt(L.Callback):

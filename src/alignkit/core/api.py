@@ -30,9 +30,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-import alignkit
-from alignkit.core.data import ImageTextDecoder
+from alignkit.core.images import ImageTextDecoder
 from alignkit.core.registry import MODELS
+from alignkit.version import __version__
 
 EmbedInput = Union[Tensor, Tuple[str, Any]]
 
@@ -157,7 +157,7 @@ class AlignedModel:
         model_class = model_cfg.pop("name", "alignment")
         model_params = model_cfg.pop("params", {})
         model_cfg["ema"] = {"enabled": False}
-        from alignkit.core.encoders import TextEncoder
+        from alignkit.core.encoders.text import TextEncoder
         for name, tower in self.module.towers.items():
             enc = _text_encoder(tower)
             if not isinstance(getattr(enc, "module", enc), TextEncoder):  # other towers keep their spec (paths)
@@ -171,15 +171,13 @@ class AlignedModel:
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()
                  if not k.startswith("teacher.")}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-        meta = {"alignkit_version": alignkit.__version__, "model_class": model_class, "model_params": model_params,
+        meta = {"alignkit_version": __version__, "model_class": model_class, "model_params": model_params,
                 "model": model_cfg, "preprocess": self.preprocess, "modalities": self.modalities}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> "AlignedModel":
-        from alignkit.plugins import load_all
-        load_all()
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():

@@ -1,7 +1,7 @@
 """Training-batch augmentations that run on the accelerator (``data.augment`` in a run config).
 
 Each is registered in :data:`~alignkit.core.registry.AUGMENTATIONS` and is a callable ``batch -> batch``
-applied by :class:`~alignkit.core.data.AlignmentDataModule` to *training* batches after they reach the
+applied by :class:`~alignkit.core.datamodule.AlignmentDataModule` to *training* batches after they reach the
 device, so augmentation costs no DataLoader worker time and validation/test batches stay untouched.
 Random draws use torch's global generator, which Lightning seeds and alignkit checkpoints, so a resumed run
 draws the same augmentations as an uninterrupted one.
@@ -9,13 +9,14 @@ draws the same augmentations as an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence
+from typing import Annotated, Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.core.registry import AUGMENTATIONS, ConfigError
+from alignkit.core.params import FRACTION, NON_NEGATIVE, POSITIVE
 
 
 def _range(value: Sequence[float], name: str) -> tuple[float, float]:
@@ -40,9 +41,10 @@ class AffineIntensity:
     ``1 - p`` a sample is left unchanged. Only 2-D images are supported.
     """
 
-    def __init__(self, key: str = "image", translate: float = 0.05, scale: Sequence[float] = (0.95, 1.05),
-                 rotate_degrees: float = 5.0, gain: Sequence[float] = (0.9, 1.1), bias: Sequence[float] = (-0.1, 0.1),
-                 p: float = 1.0):
+    def __init__(self, key: str = "image", translate: Annotated[float, NON_NEGATIVE] = 0.05,
+                 scale: Tuple[Annotated[float, POSITIVE], Annotated[float, POSITIVE]] = (0.95, 1.05),
+                 rotate_degrees: Annotated[float, NON_NEGATIVE] = 5.0, gain: Tuple[float, float] = (0.9, 1.1),
+                 bias: Tuple[float, float] = (-0.1, 0.1), p: Annotated[float, FRACTION] = 1.0):
         if not 0 <= p <= 1 or translate < 0 or rotate_degrees < 0:
             raise ConfigError(f"affine-intensity: need 0 <= p <= 1, translate >= 0, rotate_degrees >= 0; got p={p}, "
                               f"translate={translate}, rotate_degrees={rotate_degrees}")

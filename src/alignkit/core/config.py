@@ -19,8 +19,13 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from alignkit.core.params import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range, check_fields
 from alignkit.core.registry import (AUGMENTATIONS, DATASETS, ENCODERS, EVALUATORS, HEADS, LOSSES, MODELS,
                                     ConfigError, did_you_mean)
+
+PRECISIONS = ("64", "64-true", "32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed", "16-true", "bf16-true",
+              "transformer-engine", "transformer-engine-float16")
+"""``trainer.precision`` values Lightning accepts."""
 
 
 @dataclass
@@ -40,7 +45,7 @@ class ObjectiveConfig:
     a: str = MISSING
     b: str = MISSING
     loss: str = "clip"
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata={"check": NON_NEGATIVE})
     params: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,14 +53,14 @@ class ObjectiveConfig:
 class EMAConfig:
     """Momentum (EMA) teacher of all towers; its embeddings give ALBEF soft targets mixed with ``alpha``."""
     enabled: bool = False
-    decay: float = 0.995
-    alpha: float = 0.4
+    decay: float = field(default=0.995, metadata={"check": FRACTION})
+    alpha: float = field(default=0.4, metadata={"check": FRACTION})
 
 
 @dataclass
 class ModelConfig:
     name: str = "alignment"
-    embed_dim: int = 256
+    embed_dim: int = field(default=256, metadata={"check": AT_LEAST_ONE})
     towers: Dict[str, TowerConfig] = field(default_factory=dict)
     objectives: List[ObjectiveConfig] = field(default_factory=list)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -73,15 +78,15 @@ class AugmentConfig:
 class DataConfig:
     dataset: str = MISSING
     params: Dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    eval_batch_size: Optional[int] = None
-    num_workers: int = 0
+    batch_size: int = field(default=64, metadata={"check": AT_LEAST_ONE})
+    eval_batch_size: Optional[int] = field(default=None, metadata={"check": AT_LEAST_ONE})
+    num_workers: int = field(default=0, metadata={"check": NON_NEGATIVE})
     pin_memory: Optional[bool] = None  # None: pinned when CUDA is available
     persistent_workers: Optional[bool] = None  # None: True when num_workers > 0
     shards: Optional[str] = None  # WebDataset brace pattern / URL of training shards (`alignkit shard`)
-    shard_shuffle: int = 1000
+    shard_shuffle: int = field(default=1000, metadata={"check": NON_NEGATIVE})
     hard_negative_batches: bool = False
-    items_per_group: int = 4
+    items_per_group: int = field(default=4, metadata={"check": AT_LEAST_ONE})
     train_split: str = "train"
     val_split: Optional[str] = "val"
     test_split: Optional[str] = "test"
@@ -91,12 +96,12 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr`` over the run's optimizer steps."""
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    lr: float = field(default=1e-3, metadata={"check": POSITIVE})
+    weight_decay: float = field(default=0.05, metadata={"check": NON_NEGATIVE})
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98], metadata={"check": Range(ge=0, lt=1)})
+    eps: float = field(default=1e-6, metadata={"check": POSITIVE})
+    warmup_steps: int = field(default=0, metadata={"check": NON_NEGATIVE})
+    min_lr_ratio: float = field(default=0.0, metadata={"check": FRACTION})
 
 
 @dataclass
@@ -104,31 +109,31 @@ class TrainerConfig:
     """Arguments of ``lightning.Trainer``: DDP/FSDP on many GPUs and nodes is a change here."""
     accelerator: str = "auto"
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata={"check": AT_LEAST_ONE})
     strategy: str = "auto"
-    precision: str = "32-true"
-    max_steps: int = -1
-    max_epochs: Optional[int] = None
+    precision: str = field(default="32-true", metadata={"check": OneOf(PRECISIONS)})
+    max_steps: int = field(default=-1, metadata={"check": Range(ge=-1)})
+    max_epochs: Optional[int] = field(default=None, metadata={"check": Range(ge=-1)})
     max_time: Optional[str] = None
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = field(default=1, metadata={"check": AT_LEAST_ONE})
+    gradient_clip_val: Optional[float] = field(default=None, metadata={"check": NON_NEGATIVE})
     val_check_interval: Optional[Any] = None
     check_val_every_n_epoch: Optional[int] = 1
     limit_train_batches: Optional[Any] = None
     limit_val_batches: Optional[Any] = None
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = field(default=50, metadata={"check": AT_LEAST_ONE})
     fast_dev_run: Any = False
     deterministic: bool = False
     enable_progress_bar: bool = True
-    num_sanity_val_steps: int = 0
+    num_sanity_val_steps: int = field(default=0, metadata={"check": Range(ge=-1)})
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_train_steps: Optional[int] = None
-    every_n_epochs: Optional[int] = None
+    every_n_train_steps: Optional[int] = field(default=None, metadata={"check": AT_LEAST_ONE})
+    every_n_epochs: Optional[int] = field(default=None, metadata={"check": AT_LEAST_ONE})
     save_last: bool = True
-    save_top_k: int = 0
+    save_top_k: int = field(default=0, metadata={"check": Range(ge=-1)})
 
 
 @dataclass
@@ -141,9 +146,9 @@ class EvaluatorConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
-    seed: int = 0
+    seed: int = field(default=0, metadata={"check": NON_NEGATIVE})
     out_dir: str = "runs"
-    num_threads: Optional[int] = None  # torch intra-op threads; None keeps torch's default
+    num_threads: Optional[int] = field(default=None, metadata={"check": AT_LEAST_ONE})  # torch intra-op threads
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -233,11 +238,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 
 def validate(cfg: DictConfig) -> None:
     """Check every registry name and parameter key in ``cfg`` before anything is built."""
-    from alignkit.core import register_core
-    register_core()
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"config values missing: {', '.join(sorted(missing))}")
+    check_ranges(cfg)
     MODELS.check_params(cfg.model.name, dict(cfg.model.params), "model.params")
     for name, tower in cfg.model.towers.items():
         ENCODERS.check_params(tower.encoder, _plain(tower.params), f"model.towers.{name}.params")
@@ -256,6 +260,22 @@ def validate(cfg: DictConfig) -> None:
         EVALUATORS.check_params(ev.name, _plain(ev.params), f"eval[{i}].params")
 
 
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+            "checkpoint": CheckpointConfig}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Check every value of the schema against its field's bounds (``Range``/``OneOf`` metadata); the error
+    names the key, the value and what is allowed."""
+    plain = _plain(cfg)
+    check_fields(RunConfig, plain, "config")
+    for name, cls in SECTIONS.items():
+        check_fields(cls, plain[name], name)
+    check_fields(EMAConfig, plain["model"]["ema"], "model.ema")
+    for i, objective in enumerate(plain["model"]["objectives"]):
+        check_fields(ObjectiveConfig, objective, f"model.objectives[{i}]")
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
@@ -271,12 +291,28 @@ def save_config(cfg: DictConfig, path: Path) -> None:
 
 
 def configs_dir() -> Path:
-    """The repository's ``configs/`` folder, or ``$ALIGNKIT_CONFIGS`` when set."""
+    """The configs shipped inside the package (``alignkit/configs``), or ``$ALIGNKIT_CONFIGS`` when set."""
     env = os.environ.get("ALIGNKIT_CONFIGS")
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
     if not root.is_dir():
-        raise ConfigError(f"configs folder not found at {root}; set ALIGNKIT_CONFIGS to the repository's configs/")
+        raise ConfigError(f"configs folder not found at {root}" + (" (from ALIGNKIT_CONFIGS)" if env else
+                                                                   "; the installed package lacks its configs"))
     return root
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config as given: an existing file, else a name under :func:`configs_dir` (with or without ``.yaml``,
+    e.g. ``core/shapes_demo``); a missing one is a :class:`ConfigError` listing the closest shipped names."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    root = configs_dir()
+    for candidate in (root / path, root / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = [str(p.relative_to(root)) for p in list_configs(root)]
+    raise ConfigError(f"config file not found: {name} (neither a file nor a config under {root})"
+                      f"{did_you_mean(str(path), shipped)}; `alignkit configs` lists them")
 
 
 def list_configs(root: Path) -> List[Path]:

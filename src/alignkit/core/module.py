@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import clip, heads, image, text  # noqa: F401  (register the towers and heads built by name)
 from alignkit.core.encoders.base import freeze
 from alignkit.core.losses import EMATeacher, clamp_logit_scales_
 from alignkit.core.optim import configure_adamw

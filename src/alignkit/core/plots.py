@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from alignkit.core.metrics import binary_auroc, roc_curve
+
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
 _MAX_TICK_LABELS = 64  # axes with more items than this get no per-item tick labels
 _MAX_ANNOTATED = 20  # confusion matrices up to this many classes print their cell values
@@ -124,8 +126,6 @@ def plot_roc_curves(scores: ArrayLike, targets: ArrayLike, class_names: Sequence
 
     Classes whose kept targets hold a single class have no ROC and are listed as ``n/a``.
     """
-    from alignkit.core.evaluate import binary_auroc, roc_curve  # evaluate imports this module
-
     s, t = torch.as_tensor(_numpy(scores)), torch.as_tensor(_numpy(targets))
     if s.shape != t.shape or s.shape[1] != len(class_names):
         raise ValueError(f"scores {tuple(s.shape)}, targets {tuple(t.shape)} and {len(class_names)} class names "

@@ -11,16 +11,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignkit.core.config import ConfigError, save_config, to_plain
 from alignkit.core.registry import EVALUATORS, MODELS
+from alignkit.core.progress import EvalModeCheck, StepProgressBar, quiet_start
 from alignkit.core.resume import ResumeTracker
 
 CHECKPOINT_DIR = "checkpoints"
@@ -36,7 +37,7 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    from alignkit.core.data import AlignmentDataModule
+    from alignkit.core.datamodule import AlignmentDataModule
     from alignkit.core.registry import AUGMENTATIONS
     d = to_plain(cfg.data)
     augment = [AUGMENTATIONS.build(a["name"], **a["params"]) for a in d.pop("augment")]
@@ -62,6 +63,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback
     loggers = [TensorBoardLogger(run_dir, name="tb", version=""), CSVLogger(run_dir, name="csv", version="")]
     kwargs = trainer_kwargs(cfg)
     kwargs.update(overrides)
+    quiet_start()
+    callbacks.append(EvalModeCheck())
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar())
     # the DataModule's samplers shard by rank themselves (seeded DistributedSampler / GroupedBatchSampler / shards)
     return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers,
                      use_distributed_sampler=False, **kwargs)
@@ -131,18 +136,31 @@ def config_threads(cfg: DictConfig) -> int:
     return threads
 
 
-def train(cfg: DictConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
-    """Train (or, with ``resume``, continue from ``checkpoints/last.ckpt``), evaluate, write metrics.json.
+def resume_checkpoint(cfg: DictConfig, resume: Union[None, bool, str, Path]) -> Optional[Path]:
+    """The checkpoint a run continues from: None for a new run; ``latest`` (or True) for the run folder's
+    ``checkpoints/last.ckpt``; else the given checkpoint path. A new run refuses a folder that holds one."""
+    last = run_dir_of(cfg) / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume is None or resume is False:
+        if last.is_file():
+            raise ConfigError(f"run folder {run_dir_of(cfg)} already holds a checkpoint; pass --resume to continue "
+                              f"it or choose another name (name=...) or out_dir")
+        return None
+    ckpt = last if resume is True or str(resume) == "latest" else Path(resume)
+    if not ckpt.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {ckpt}" + (" (the run has not saved one yet)"
+                                                                  if ckpt == last else ""))
+    return ckpt
+
+
+def train(cfg: DictConfig, resume: Union[None, bool, str, Path] = None,
+          callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
+    """Train (or continue from ``resume``: ``latest`` or a checkpoint path), evaluate, write metrics.json.
 
     Returns ``{"run_dir", "metrics", "model", "trainer", "datamodule"}``.
     """
+    quiet_start()
     run_dir = run_dir_of(cfg)
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {last}")
-    if not resume and last.is_file():
-        raise ConfigError(f"run folder {run_dir} already holds a checkpoint; pass --resume to continue it "
-                          f"or choose another name (--set name=...) or out_dir")
+    ckpt = resume_checkpoint(cfg, resume)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     threads = config_threads(cfg)
     if threads:
@@ -152,7 +170,7 @@ def train(cfg: DictConfig, resume: bool = False, callbacks: Sequence[L.Callback]
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     metrics: Dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items()}
     metrics["trainer/global_step"] = trainer.global_step
     if trainer.is_global_zero:
@@ -175,6 +193,7 @@ def load_checkpoint(cfg: DictConfig, ckpt: str | Path) -> L.LightningModule:
 
 def evaluate(cfg: DictConfig, ckpt: str | Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Evaluate a checkpoint with the config's evaluators; writes ``metrics.json`` and plots to ``out_dir``."""
+    quiet_start()
     model = load_checkpoint(cfg, ckpt)
     out = Path(out_dir) if out_dir else Path(ckpt).resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -191,4 +210,4 @@ def cfg_from_run(run_dir: Path) -> DictConfig:
 
 
 __all__ = ["build_model", "build_datamodule", "build_trainer", "train", "evaluate", "load_checkpoint",
-           "write_metrics", "run_evaluators", "cfg_from_run", "OmegaConf"]
+           "write_metrics", "run_evaluators", "cfg_from_run"]

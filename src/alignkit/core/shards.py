@@ -21,8 +21,8 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from alignkit.core.data import Decoder, PairedDataset
 from alignkit.core.distributed import distributed_position
+from alignkit.core.paired import Decoder, PairedDataset
 from alignkit.core.registry import DATASETS
 
 MANIFEST = "manifest.json"

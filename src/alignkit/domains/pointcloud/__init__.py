@@ -1,3 +1,5 @@
-"""Point-cloud domain (issue 5): point ops, readers, rendering, PointNet++ / Point-BERT towers, ULIP, Text4Point."""
-from alignkit.domains.pointcloud import (data, demo, evaluate, models, rgbd, segmentation,  # noqa: F401
-                                         text4point, ulip)  # (registrations)
+"""Point-cloud domain: point ops, readers of point/mesh files and dataset layouts, rendering, PointNet++ and
+Point-BERT towers, ULIP, RGB-D back-projection and Text4Point.
+
+Nothing is imported here: the registries import each module when a config names what it registers.
+"""

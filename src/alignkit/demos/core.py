@@ -1,6 +1,6 @@
 """``alignkit demo core``: align an image encoder to the frozen pretrained MiniLM on procedural shapes.
 
-Steps: write the shapes dataset (:mod:`alignkit.core.shapes`) in the plain ``paired-csv`` format,
+Steps: write the shapes dataset (:mod:`alignkit.demos.shapes`) in the plain ``paired-csv`` format,
 train ``configs/core/shapes_demo.yaml`` with Lightning on CPU (hard-negative batches of images that
 differ in shape alone), evaluate on held-out images with the core evaluators, and print one table
 beside chance and the ceiling that duplicate attribute combinations among the candidates impose.
@@ -12,7 +12,7 @@ import csv
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,11 @@ from rich.console import Console
 
 from alignkit.core.api import AlignedModel
 from alignkit.core.config import configs_dir, load_config, to_plain
-from alignkit.core.evaluate import candidate_blocks
+from alignkit.core.metrics import candidate_blocks
 from alignkit.core.registry import DATASETS, DEMOS, EVALUATORS
 from alignkit.core.results import results_table
 from alignkit.core.runner import train, write_metrics
-from alignkit.core.shapes import SHAPES, attribute_key, write_shapes_dataset
+from alignkit.demos.shapes import SHAPES, attribute_key, write_shapes_dataset
 
 CANDIDATES = 200
 TARGETS = {"text2image_R@1": 0.85, "unseen_text2image_R@1": 0.70, "zero_shot_shape_top1": 0.80}

@@ -1,6 +1,6 @@
 """A procedural paired image-caption dataset: coloured shapes with captions in varied phrasing.
 
-Written to disk in the plain ``paired-csv`` format that :class:`alignkit.core.data.PairedImageTextCSV`
+Written to disk in the plain ``paired-csv`` format that :class:`alignkit.core.paired_csv.PairedImageTextCSV`
 reads (and any user can produce for their own data)::
 
     root/
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 SHAPES: Dict[str, List[str]] = {
     "circle": ["circle", "disc", "round dot"],

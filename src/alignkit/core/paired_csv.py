@@ -1,0 +1,198 @@
+"""The registered ``paired-csv`` dataset: image-caption pairs listed in a CSV beside their image folder."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+from alignkit.core.images import IMAGE_EXTENSIONS, ImageTextDecoder
+from alignkit.core.paired import MISSING_VALUES, PairedDataset, RawValue, build_decoder
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    id: str
+    caption: str
+    label: Optional[int]
+    group: Optional[int]
+    row: int
+    hard_key: Optional[Tuple[str, ...]]
+
+
+@DATASETS.register("paired-csv")
+class PairedImageTextCSV(PairedDataset):
+    """Image-caption pairs: a folder of images and a CSV listing them.
+
+    ``root/csv`` has a header row; columns are named by the parameters: ``image_column`` (path
+    relative to ``root``), ``text_column`` (caption), ``label_column`` (integer class, or None),
+    ``split_column`` (rows whose value equals ``split`` are used; None uses every row),
+    ``group_column`` (None, or any value; items sharing it get the same ``"group"`` int: the index of
+    the value among the CSV's sorted distinct values), ``hard_negative_columns`` (items sharing the
+    values of all these columns share a hard-negative key).
+
+    Sample: ``{"image": float Tensor (channels, image_size, image_size), normalised
+    (x - mean) / std; "text": str; "label": int (if label_column); "id": the CSV's image path;
+    "group": int (if group_column)}``.
+
+    ``class_names`` come from an optional ``classes.txt`` beside the CSV, one name per line, line k
+    (0-based, blank lines ignored) naming label k; labels must then lie in ``[0, len(names))``.
+    Without that file ``class_names`` is None.
+
+    Bad rows (CSV rows counted 1-based after the header): a missing or unsupported image file, an
+    empty/NaN caption, a NaN or non-integer label, an empty/NaN group raise ``ValueError`` naming the image file and CSV
+    row while indexing; an image that exists but cannot be decoded raises when the item is read.
+    With ``skip_bad=True`` all of these (corrupt images too, checked with ``PIL.Image.verify`` while
+    indexing) are dropped instead, listed in ``self.skipped`` and counted in one logged warning.
+    """
+
+    def __init__(self, root: str, split: str = "train", csv: str = "pairs.csv", image_column: str = "path",
+                 text_column: str = "caption", label_column: Optional[str] = "label",
+                 split_column: Optional[str] = "split", group_column: Optional[str] = None,
+                 hard_negative_columns: Optional[List[str]] = None, image_size: Annotated[int, AT_LEAST_ONE] = 32,
+                 channels: Annotated[int, OneOf((1, 3))] = 3, mean: Sequence[float] = (0.5,),
+                 std: Sequence[Annotated[float, POSITIVE]] = (0.5,), skip_bad: bool = False):
+        super().__init__(params=locals())
+        self._decoder = build_decoder(type(self), self.params)  # validates image_size/channels/mean/std now
+        self.root = Path(root)
+        self.csv_path = self.root / csv
+        if isinstance(hard_negative_columns, str):
+            hard_negative_columns = [hard_negative_columns]
+        header, rows = self._read_csv()
+        named = {"image_column": image_column, "text_column": text_column, "label_column": label_column,
+                 "split_column": split_column, "group_column": group_column}
+        named.update({f"hard_negative_columns[{k}]": c for k, c in enumerate(hard_negative_columns or [])})
+        for param, column in named.items():
+            if column is not None and column not in header:
+                raise ConfigError(f"{self.csv_path} has no column '{column}' (parameter {param})"
+                                  f"{did_you_mean(column, header)}; its columns: {', '.join(header)}")
+        classes_file = self.csv_path.parent / "classes.txt"
+        self.class_names = ([line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+                            if classes_file.is_file() else None)
+        group_ids = ({v: k for k, v in enumerate(sorted({r[group_column] for r in rows}))}
+                     if group_column is not None else {})  # missing values are rejected per row below
+        self._items: List[_Item] = []
+        in_split = 0
+        for n, row in enumerate(rows, start=1):
+            if split_column is not None and row[split_column].strip() != split:
+                continue
+            in_split += 1
+            rel = row[image_column].strip()
+            where = f"{self.csv_path} row {n}"
+            try:
+                caption = self._caption(row[text_column])
+                label = self._label(row[label_column]) if label_column is not None else None
+                if group_column is not None and row[group_column].strip().lower() in MISSING_VALUES:
+                    raise ValueError(f"empty or NaN group ({row[group_column]!r})")
+                path = self._image_path(rel, check_decodable=skip_bad)
+            except ValueError as exc:
+                if not skip_bad:
+                    raise ValueError(f"{where}, image '{self.root / rel}': {exc}; fix the row, or pass "
+                                     "skip_bad=True to drop bad rows") from None
+                self.skipped.append((f"{where} ({rel})", str(exc)))
+                continue
+            self._items.append(_Item(
+                path=path, id=rel, caption=caption, label=label, row=n,
+                group=group_ids[row[group_column]] if group_column is not None else None,
+                hard_key=tuple(row[c] for c in hard_negative_columns) if hard_negative_columns else None))
+        if self.skipped:
+            logger.warning("paired-csv: skipped %d of %d rows of split '%s' in %s (skip_bad=True); first: %s",
+                           len(self.skipped), in_split, split, self.csv_path,
+                           "; ".join(f"{w}: {r}" for w, r in self.skipped[:3]))
+        self.hard_negative_keys = [it.hard_key for it in self._items] if hard_negative_columns else None
+
+    @classmethod
+    def decoder(cls, image_size: int = 32, channels: int = 3, mean: Sequence[float] = (0.5,),
+                std: Sequence[float] = (0.5,)) -> ImageTextDecoder:
+        return ImageTextDecoder(image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std))
+
+    def _read_csv(self) -> Tuple[List[str], List[Dict[str, str]]]:
+        if not self.csv_path.is_file():
+            raise FileNotFoundError(f"paired-csv: no CSV file {self.csv_path}; set root to the folder holding it "
+                                    "and csv to its file name")
+        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [{k: (v if v is not None else "") for k, v in r.items()} for r in reader]
+        if not header:
+            raise ValueError(f"{self.csv_path} is empty; it needs a header row naming its columns")
+        return header, rows
+
+    @staticmethod
+    def _caption(value: str) -> str:
+        if value.strip().lower() in MISSING_VALUES:
+            raise ValueError(f"empty or NaN caption ({value!r})")
+        return value
+
+    def _label(self, value: str) -> int:
+        text = value.strip()
+        if text.lower() in MISSING_VALUES:
+            raise ValueError(f"NaN or empty label ({value!r})")
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"label {value!r} is not an integer class index") from None
+        if not number.is_integer():
+            raise ValueError(f"label {value!r} is not an integer class index")
+        if self.class_names is not None and not 0 <= number < len(self.class_names):
+            raise ValueError(f"label {int(number)} is outside [0, {len(self.class_names)}) of "
+                             f"{self.csv_path.parent / 'classes.txt'}")
+        return int(number)
+
+    def _image_path(self, rel: str, check_decodable: bool) -> Path:
+        if not rel:
+            raise ValueError("empty image path")
+        path = self.root / rel
+        ext = path.suffix.lower().lstrip(".")
+        if ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"unsupported image type '.{ext}' (supported: {', '.join(IMAGE_EXTENSIONS)})")
+        if not path.is_file():
+            raise ValueError("image file not found")
+        if check_decodable:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as exc:  # Pillow raises many types for corrupt files
+                raise ValueError(f"corrupt image ({type(exc).__name__}: {exc})") from None
+        return path
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def ids(self) -> List[str]:
+        """The ``"id"`` of every item (its image path in the CSV), without reading any image."""
+        return [it.id for it in self._items]
+
+    def key(self, i: int) -> str:
+        """``row<CSV row>``: stable for a given CSV and unique across its splits."""
+        return f"row{self._items[i].row:07d}"
+
+    def raw(self, i: int) -> Dict[str, RawValue]:
+        """``{<image ext>: file bytes, "txt": caption, "cls": label (if any), "json": '{"id", "where", "group"}'}``."""
+        item = self._items[i]
+        where = f"{self.csv_path} row {item.row}"
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read image '{item.path}' ({where}): {exc}") from exc
+        meta: Dict[str, Any] = {"id": item.id, "where": where}
+        if item.group is not None:
+            meta["group"] = item.group
+        record: Dict[str, RawValue] = {item.path.suffix.lower().lstrip("."): data, "txt": item.caption,
+                                       "json": json.dumps(meta)}
+        if item.label is not None:
+            record["cls"] = item.label
+        return record
+
+
+__all__ = ["PairedImageTextCSV"]
