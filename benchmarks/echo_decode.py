@@ -34,10 +34,10 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.domains.medical.echo.data import EchoClipDecoder, EchoNetDataset
-from alignkit.domains.medical.echo.io import load_echo
-from alignkit.domains.medical.echo.synthetic import write_synthetic_echo
+from alignkit.domains.medical.echo.loading import load_echo
+from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo
 from alignkit.domains.medical.echo.transforms import SampleClip, frame_transforms
 
 CINE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medical" / "echo" / "color3d_jpeg_baseline.dcm"

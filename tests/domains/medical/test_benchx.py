@@ -14,19 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.module import AlignmentModule
 from alignkit.core.registry import ENCODERS
 from alignkit.domains.medical.metrics import bleu_scores
-from alignkit.domains.medical.xray.benchx import (
-    CHEXPERT_PROMPTS, NORMAL_STATEMENTS, SYNTHETIC_FINDING_PROMPTS, BenchTable, BenchXConfig, default_prompts,
-    f1_at_thresholds, finetune_classification, label_subset, mean_std, prompt_sets, retrieval_report_image,
-    run_benchx, summarize, zero_shot_multilabel)
-from alignkit.domains.medical.xray.generation import (ReportDecoder, ReportVocabulary, retrieval_report_baseline,
-                                                      sinusoidal_positions, train_report_decoder)
-from alignkit.domains.medical.xray.io import CHEXPERT_LABELS
-from alignkit.domains.medical.xray.segmentation import (SegmentationHead, choose_min_areas, finetune_segmentation,
-                                                        remove_small_masks)
+from alignkit.domains.medical.xray.bench.classification import (f1_at_thresholds, finetune_classification, mean_std,
+                                                            summarize)
+from alignkit.domains.medical.xray.bench.generation import (ReportDecoder, ReportVocabulary, retrieval_report_baseline,
+                                                            sinusoidal_positions, train_report_decoder)
+from alignkit.domains.medical.xray.bench.retrieval import retrieval_report_image
+from alignkit.domains.medical.xray.bench.run import BenchXConfig, run_benchx
+from alignkit.domains.medical.xray.bench.segmentation import (SegmentationHead, choose_min_areas,
+                                                              finetune_segmentation, remove_small_masks)
+from alignkit.domains.medical.xray.bench.shared import label_subset
+from alignkit.domains.medical.xray.bench.table import BenchTable
+from alignkit.domains.medical.xray.bench.zero_shot import (CHEXPERT_PROMPTS, NORMAL_STATEMENTS,
+                                                           SYNTHETIC_FINDING_PROMPTS, default_prompts, prompt_sets,
+                                                           zero_shot_multilabel)
+from alignkit.domains.medical.xray.records import CHEXPERT_LABELS
 
 SIZE = 16
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from alignkit.core.data import build_decoder, collate_samples
+from alignkit.core.collate import collate_samples
+from alignkit.core.paired import build_decoder
 from alignkit.core.registry import DATASETS, ENCODERS, ConfigError
-from alignkit.domains.medical.xray.synthetic import FINDING_COLUMNS
+from alignkit.domains.medical.xray.synthetic.plans import FINDING_COLUMNS
 from alignkit.core.shards import ShardedIterableDataset, write_shards
 from alignkit.domains.medical.reports import EmptyReportError, split_sentences
 from alignkit.domains.medical.xray.data import XRayReportDataset
-from alignkit.domains.medical.xray.io import CHEXPERT_LABELS, LoadXRay, load_xray
+from alignkit.domains.medical.xray.images import LoadXRay, load_xray
+from alignkit.domains.medical.xray.records import CHEXPERT_LABELS
 
 REPO = Path(__file__).resolve().parents[3]
 CXR = REPO.parent / "shared" / "data" / "medical" / "cxr"

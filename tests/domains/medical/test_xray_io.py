@@ -21,9 +21,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from alignkit.core.registry import ConfigError  # noqa: E402
 from alignkit.domains.medical.reports import EmptyReportError  # noqa: E402
-from alignkit.domains.medical.xray.io import (  # noqa: E402
-    CHEXPERT_LABELS, NIH_LABELS, BadRowError, CheXpertReader, GenericCsvReader, LoadXRay, LoadXRayd,
-    MimicCxrJpgReader, NIHChestXray14Reader, XRayImageReader, load_xray)
+from alignkit.domains.medical.tables import BadRowError  # noqa: E402
+from alignkit.domains.medical.xray.archives import (  # noqa: E402
+    CheXpertReader, GenericCsvReader, MimicCxrJpgReader, NIHChestXray14Reader)
+from alignkit.domains.medical.xray.images import LoadXRay, LoadXRayd, XRayImageReader, load_xray  # noqa: E402
+from alignkit.domains.medical.xray.records import CHEXPERT_LABELS, NIH_LABELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 CXR = REPO.parent / "shared" / "data" / "medical" / "cxr"

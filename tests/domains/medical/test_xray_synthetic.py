@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alignkit.domains.medical.xray.synthetic import (CHEXPERT_LABELS, FINDING_COLUMNS, FINDINGS, plan_archive,
-                                                     render_frontal, write_synthetic_mimic)
+from alignkit.domains.medical.xray.synthetic.archive import write_synthetic_mimic
+from alignkit.domains.medical.xray.synthetic.plans import CHEXPERT_LABELS, FINDING_COLUMNS, FINDINGS, plan_archive
+from alignkit.domains.medical.xray.synthetic.render import render_frontal
 
 NUM_STUDIES = 150
 SIZE = 64

@@ -22,11 +22,15 @@ References = Union[Sequence[str], Sequence[Sequence[str]]]
 
 # --------------------------------------------------------------------------- segmentation
 def dice_score(pred: Tensor, target: Tensor, empty_value: float = 1.0) -> Tensor:
-    """``(N,)`` Dice ``2 |P ∩ T| / (|P| + |T|)`` of each of ``N`` bool masks ``(N, H, W)`` (or ``(N, ...)``).
+    """``(N,)`` float64 Dice ``2 |P ∩ T| / (|P| + |T|)`` of each of ``N`` bool masks ``(N, H, W)`` (or ``(N, ...)``).
 
     An empty prediction on an empty mask scores ``empty_value`` (1: correctly finding nothing
     is a perfect answer); an empty prediction on a non-empty mask, or the reverse, scores 0.
+    Computed by MONAI's ``compute_dice`` (``ignore_empty=False``, which scores empty-on-empty 1) on the
+    one-hot pair ``(background, mask)`` of each mask, flattened, with the background channel left out.
     """
+    from monai.metrics import compute_dice
+
     if pred.shape != target.shape or pred.dim() < 2:
         raise ValueError(f"dice_score: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be masks of "
                          "one shape (N, H, W)")
@@ -34,9 +38,11 @@ def dice_score(pred: Tensor, target: Tensor, empty_value: float = 1.0) -> Tensor
         raise TypeError(f"dice_score: masks must be bool, got {pred.dtype} and {target.dtype}; threshold first "
                         "(e.g. probs > 0.5, labels == class_index)")
     pred, target = pred.flatten(1), target.flatten(1)
-    overlap = (pred & target).sum(1).double()
-    total = (pred.sum(1) + target.sum(1)).double()
-    return torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.full_like(total, float(empty_value)))
+    one_hot_pred = torch.stack([~pred, pred], dim=1)  # (N, 2, H * W)
+    one_hot_target = torch.stack([~target, target], dim=1).double()  # float64 sums, as the Dice is returned
+    dice = compute_dice(one_hot_pred, one_hot_target, include_background=False, ignore_empty=False)[:, 0].double()
+    both_empty = ~(pred.any(1) | target.any(1))
+    return torch.where(both_empty, torch.full_like(dice, float(empty_value)), dice)
 
 
 def mean_dice(pred: Tensor, target: Tensor, empty_value: float = 1.0) -> float:

@@ -12,13 +12,15 @@ import pytest
 import torch
 
 pytest.importorskip("av")
-from alignkit.core.data import build_decoder, collate_samples  # noqa: E402
+from alignkit.core.collate import collate_samples  # noqa: E402
 from alignkit.core.losses import multi_positive_infonce_loss  # noqa: E402
+from alignkit.core.paired import build_decoder  # noqa: E402
 from alignkit.core.registry import DATASETS, ConfigError  # noqa: E402
 from alignkit.core.shards import ShardedIterableDataset, write_shards  # noqa: E402
 from alignkit.domains.medical.echo.data import EchoNetDataset, EchoStudyDataset, resolve_clip_start  # noqa: E402
-from alignkit.domains.medical.echo.io import ECHOPRIME_VIEWS, load_echo  # noqa: E402
-from alignkit.domains.medical.echo.synthetic import write_synthetic_echo  # noqa: E402
+from alignkit.domains.medical.echo.archives import ECHOPRIME_VIEWS  # noqa: E402
+from alignkit.domains.medical.echo.loading import load_echo  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo  # noqa: E402
 from alignkit.domains.medical.echo.transforms import frame_transforms  # noqa: E402
 from alignkit.domains.medical.reports import ECHO_HEADERS, extract_sections, report_text  # noqa: E402
 from alignkit.domains.medical.tables import BadRowError  # noqa: E402

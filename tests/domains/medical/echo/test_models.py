@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip("av")
-from alignkit.core.data import collate_samples  # noqa: E402
+from alignkit.core.collate import collate_samples  # noqa: E402
 from alignkit.core.losses import multi_positive_infonce_loss  # noqa: E402
 from alignkit.core.registry import DATASETS, MODELS, ConfigError  # noqa: E402
 from alignkit.domains.medical.echo import data, encoders, models  # noqa: E402,F401  (registers)
-from alignkit.domains.medical.echo.synthetic import write_synthetic_echo  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo  # noqa: E402
 
 VIEWS = ["A2C", "A3C", "A4C", "A5C", "Parasternal_Long", "Parasternal_Short", "SSN", "Subcostal"]
 

@@ -13,10 +13,12 @@ import pytest
 
 pytest.importorskip("av")
 from alignkit.core.registry import ConfigError  # noqa: E402
-from alignkit.domains.medical.echo.io import (ECHOPRIME_VIEWS, EchoNetReader, ed_es_frames,  # noqa: E402
-                                              load_echo, probe_echo)
-from alignkit.domains.medical.echo.synthetic import (FINDINGS, VIEW_GEOMETRY, finding_views, plan_study,  # noqa: E402
-                                                     render_video, write_report, write_synthetic_echo)
+from alignkit.domains.medical.echo.archives import ECHOPRIME_VIEWS, EchoNetReader, ed_es_frames  # noqa: E402
+from alignkit.domains.medical.echo.loading import load_echo, probe_echo  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.plans import FINDINGS, plan_study  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.render import VIEW_GEOMETRY, finding_views, render_video  # noqa: E402
+from alignkit.domains.medical.echo.synthetic.reports import write_report  # noqa: E402
 from alignkit.domains.medical.reports import ECHO_HEADERS, affirmed_terms, extract_sections  # noqa: E402
 
 # The words that state each finding, and the report section it belongs to.

@@ -1,6 +1,6 @@
 """Echo videos as alignkit paired datasets: ``DATASETS["echonet"]`` and ``DATASETS["echo-studies"]``.
 
-Both follow the :class:`~alignkit.core.data.PairedDataset` protocol, so they can be written to WebDataset
+Both follow the :class:`~alignkit.core.paired.PairedDataset` protocol, so they can be written to WebDataset
 shards: ``raw(i)`` holds the video file's bytes (field named by its extension: ``avi``, ``mp4``, ``dcm``, ...),
 the study's report (``txt``, studies only) and a ``json`` of ids and labels; :class:`EchoClipDecoder` turns
 such a record into a sample. Decoding (PyAV or pydicom, only the clip's frames) and the MONAI frame transforms
@@ -26,11 +26,12 @@ import torch
 from monai.data import MetaTensor
 from torch import Tensor
 
-from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
-from alignkit.domains.medical.echo.io import (ECHO_SUFFIXES, ECHOPRIME_VIEWS, REPORT_SECTIONS, SECTOR_MASKING,
-                                              EchoNetReader, EchoStudy, EchoStudyTableReader, EchoVideoRecord,
-                                              load_echo, probe_echo)
+from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
+from alignkit.core.params import check_choice
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.domains.medical.echo.archives import (ECHOPRIME_VIEWS, REPORT_SECTIONS, EchoNetReader, EchoStudy,
+                                                    EchoStudyTableReader, EchoVideoRecord)
+from alignkit.domains.medical.echo.loading import ECHO_SUFFIXES, SECTOR_MASKING, load_echo, probe_echo
 from alignkit.domains.medical.echo.transforms import (CLIP_STARTS, ECHONET_MEAN, ECHONET_STD, PAD_MODES,
                                                       SampleClip, beat_stride, clip_span, frame_transforms)
 from alignkit.domains.medical.reports import (ECHO_HEADERS, check_report_rule, clean_report, extract_sections,
@@ -67,7 +68,7 @@ class EchoClipDecoder:
 
     ``video``: the clip's frames chosen by :class:`~alignkit.domains.medical.echo.transforms.SampleClip`
     (``num_frames``, ``stride``, ``clip_start``, ``beat_seconds``; a short video padded by ``short_clips``),
-    decoded by :func:`~alignkit.domains.medical.echo.io.load_echo` (``mask_sector``), then
+    decoded by :func:`~alignkit.domains.medical.echo.loading.load_echo` (``mask_sector``), then
     :func:`~alignkit.domains.medical.echo.transforms.frame_transforms` (``image_size``, ``channels``,
     ``square``, ``mean``, ``std``): float32 ``(channels, num_frames, image_size, image_size)``.
 
@@ -170,7 +171,7 @@ def _as_tuple(value: Stat) -> Stat:
 class EchoVideoDataset(PairedDataset):
     """Shared parts of the echo datasets: view labels, the short-clip rule and reading a video's bytes.
 
-    Subclasses fill ``videos`` (one :class:`~alignkit.domains.medical.echo.io.EchoVideoRecord` per item) through
+    Subclasses fill ``videos`` (one :class:`~alignkit.domains.medical.echo.archives.EchoVideoRecord` per item) through
     :meth:`_keep`, and set ``views`` (the view vocabulary; ``class_names`` when the items have views).
     """
 
@@ -229,7 +230,7 @@ class EchoVideoDataset(PairedDataset):
 
 @DATASETS.register("echonet")
 class EchoNetDataset(EchoVideoDataset):
-    """EchoNet-Dynamic videos (:class:`~alignkit.domains.medical.echo.io.EchoNetReader`), one item per video.
+    """EchoNet-Dynamic videos (:class:`~alignkit.domains.medical.echo.archives.EchoNetReader`), one item per video.
 
     Args:
         root: the folder holding ``FileList.csv``, ``Videos/`` (``videos_dir``) and ``VolumeTracings.csv``.
@@ -288,12 +289,12 @@ class EchoNetDataset(EchoVideoDataset):
 
 @DATASETS.register("echo-studies")
 class EchoStudyDataset(EchoVideoDataset):
-    """Echo studies of a study table (:class:`~alignkit.domains.medical.echo.io.EchoStudyTableReader`), one item
+    """Echo studies of a study table (:class:`~alignkit.domains.medical.echo.archives.EchoStudyTableReader`), one item
     per video, each with its study's report.
 
     Args:
         root: the folder of the table; csv: the table (relative to ``root``; default ``studies.csv``, as
-            :func:`~alignkit.domains.medical.echo.synthetic.write_synthetic_echo` writes it).
+            :func:`~alignkit.domains.medical.echo.synthetic.archive.write_synthetic_echo` writes it).
         split: the table's split (``split_column``, case-insensitive); None: all.
         text_mode, report_sections, report_rule: the report text (:class:`EchoClipDecoder`); studies without
             text under ``report_sections`` are bad (raise, or listed under ``skip_bad``).

@@ -3,7 +3,7 @@
 Both take clips ``(B, C, T, H, W)`` (as :class:`~alignkit.domains.medical.echo.data.EchoClipDecoder` makes them),
 compute per-frame features ``f_t`` (``(B, T', C')``) and pool them over time with :func:`temporal_pool`:
 ``"mean_std"`` gives ``[mean_t f_t, std_t f_t]`` (``(B, 2C')``). The standard deviation over time carries how much
-the heart moves, which a mean over frames discards: it was essential for the ejection fraction in the prototype.
+the heart moves, which a mean over frames discards (see docs/medical.md, Echocardiography, for what it did to EF).
 ``forward_tokens`` returns the local features ``(B, T' h w, C')`` (frames x spatial positions).
 
 For MONAI's 3D ResNet (the EchoPrime-style GPU config) use the core ``monai-resnet`` with ``spatial_dims: 3``.
@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import check_image
-from alignkit.core.registry import ENCODERS, ConfigError, check_choice
+from alignkit.core.encoders.image import check_image
+from alignkit.core.params import check_choice
+from alignkit.core.registry import ENCODERS, ConfigError
 
 TEMPORAL_POOLS = ("mean", "mean_std")
 

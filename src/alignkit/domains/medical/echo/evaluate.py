@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from alignkit.core import plots
-from alignkit.core.evaluate import bidirectional_ranks, confusion_matrix, multilabel_auroc, rank_metrics
+from alignkit.core.metrics import bidirectional_ranks, confusion_matrix, multilabel_auroc, rank_metrics
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.medical.echo.interpret import StudySet, embed_studies, retrieve_labels
 from alignkit.domains.medical.echo.models import EchoClipModule

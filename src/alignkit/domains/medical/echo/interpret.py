@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from alignkit.core.data import build_decoder
+from alignkit.core.paired import build_decoder
 from alignkit.domains.medical.echo.attention import ViewSectionAttention, pad_studies
 from alignkit.domains.medical.echo.data import EchoClipDecoder
-from alignkit.domains.medical.echo.io import ECHO_SUFFIXES
+from alignkit.domains.medical.echo.loading import ECHO_SUFFIXES
 from alignkit.domains.medical.echo.models import EchoClipModule
 
 FRAME_MODES = ("full", "single", "shuffled")
@@ -274,7 +274,7 @@ def interpret_embeddings(video: Tensor, view_logits: Tensor, index: ReportIndex,
 
 
 def study_videos(study_dir: str | Path) -> List[Path]:
-    """The video files (:data:`~alignkit.domains.medical.echo.io.ECHO_SUFFIXES`) of a study folder, sorted."""
+    """The video files (:data:`~alignkit.domains.medical.echo.loading.ECHO_SUFFIXES`) of a study folder, sorted."""
     folder = Path(study_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"study folder {folder} does not exist (give a folder of one study's videos)")

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.module import AlignmentModule
-from alignkit.core.registry import MODELS, ConfigError, check_choice
-from alignkit.domains.medical.echo.io import ECHOPRIME_VIEWS
+from alignkit.core.params import check_choice
+from alignkit.core.registry import MODELS, ConfigError
+from alignkit.domains.medical.echo.archives import ECHOPRIME_VIEWS
 
 SECTION_POOLS = ("embeddings", "features")
 

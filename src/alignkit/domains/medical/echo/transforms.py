@@ -1,6 +1,6 @@
 """Clip sampling and frame transforms for echo videos, as MONAI transforms (array and dict versions).
 
-A video here is a channel-first tensor ``(C, T, H, W)`` (what :class:`~alignkit.domains.medical.echo.io.LoadEcho`
+A video here is a channel-first tensor ``(C, T, H, W)`` (what :class:`~alignkit.domains.medical.echo.loading.LoadEcho`
 gives: float values 0..255); MONAI treats ``(T, H, W)`` as its spatial dimensions, so its crops, pads and
 ``Resize`` with ``-1`` for ``T`` act on the frames only. A training pipeline::
 
@@ -20,7 +20,8 @@ from monai.transforms import (CenterSpatialCrop, Compose, MapTransform, Normaliz
                               ScaleIntensityRange, SpatialPad, Transform)
 from torch import Tensor
 
-from alignkit.core.registry import ConfigError, check_choice
+from alignkit.core.params import check_choice
+from alignkit.core.registry import ConfigError
 
 CLIP_STARTS = ("random", "centre", "first")
 PAD_MODES = ("repeat", "loop")

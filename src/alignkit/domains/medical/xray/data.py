@@ -1,7 +1,7 @@
 """Chest X-ray image-report pairs as an alignkit paired dataset (``DATASETS["cxr"]``).
 
-:class:`XRayReportDataset` wraps the archive readers of :mod:`alignkit.domains.medical.xray.io`
-(MIMIC-CXR-JPG, CheXpert, NIH ChestX-ray14, a generic CSV) in the :class:`~alignkit.core.data.PairedDataset`
+:class:`XRayReportDataset` wraps the archive readers of :mod:`alignkit.domains.medical.xray.archives`
+(MIMIC-CXR-JPG, CheXpert, NIH ChestX-ray14, a generic CSV) in the :class:`~alignkit.core.paired.PairedDataset`
 protocol: ``raw(i)`` holds the image file's bytes, the report's training text and the labels, and
 :class:`XRayReportDecoder` turns such a record (from the folder or from a WebDataset shard) into a sample.
 """
@@ -20,12 +20,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from alignkit.core.data import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
+from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
+from alignkit.core.params import check_choice
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.medical.reports import split_sentences
-from alignkit.domains.medical.xray.io import (CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, CheXpertReader,
-                                              GenericCsvReader, MimicCxrJpgReader, NIHChestXray14Reader, Window,
-                                              XRayRecordReader, check_window, decode_xray)
+from alignkit.domains.medical.xray.archives import (CheXpertReader, GenericCsvReader, MimicCxrJpgReader,
+                                                    NIHChestXray14Reader)
+from alignkit.domains.medical.xray.images import Window, check_window, decode_xray
+from alignkit.domains.medical.xray.records import CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, XRayRecordReader
 
 LAYOUTS = ("mimic", "chexpert", "nih", "csv")
 TEXT_MODES = ("report", "sentences")
@@ -51,7 +53,7 @@ class XRayReportDecoder:
     """Raw record (:meth:`XRayReportDataset.raw`) -> sample; picklable, reads no files.
 
     Sample: ``image`` float Tensor ``(1, S, S)`` = ``(decode_xray(bytes, image_size=S, window) - mean) / std``
-    (the :func:`~alignkit.domains.medical.xray.io.load_xray` decoding, bone bright in ``[0, 1]`` before
+    (the :func:`~alignkit.domains.medical.xray.images.load_xray` decoding, bone bright in ``[0, 1]`` before
     normalising); ``text`` the report (``text_mode="report"``) or its sentences
     (:func:`~alignkit.domains.medical.reports.split_sentences`, ``"sentences"``), absent when the archive has no
     reports; ``labels`` float Tensor ``(C,)`` in ``{0, 1, -1 = ignore}``; ``id`` the image id; ``group`` the
@@ -116,14 +118,14 @@ class XRayReportDataset(PairedDataset):
     """Chest X-rays with their reports and labels, one item per image, from one archive layout.
 
     Args:
-        layout: ``"mimic"`` (:class:`~alignkit.domains.medical.xray.io.MimicCxrJpgReader`, needs ``root``),
+        layout: ``"mimic"`` (:class:`~alignkit.domains.medical.xray.archives.MimicCxrJpgReader`, needs ``root``),
             ``"chexpert"`` (``csv`` + ``root``), ``"nih"`` (``csv`` + ``images_dir``, default ``root``) or
-            ``"csv"`` (:class:`~alignkit.domains.medical.xray.io.GenericCsvReader`: ``csv`` + ``root`` and the
+            ``"csv"`` (:class:`~alignkit.domains.medical.xray.archives.GenericCsvReader`: ``csv`` + ``root`` and the
             ``*_column`` parameters).
         split: the archive's split (MIMIC: ``train``/``validate``/``test``); None keeps every image.
         image_size, window, mean, std, text_mode: the decoder's (:class:`XRayReportDecoder`).
         frontal_only, uncertain, blank, skip_bad, verify_images, report_sections, report_rule: the readers'
-            options (:class:`~alignkit.domains.medical.xray.io.XRayRecordReader`; ``frontal_only`` defaults to
+            options (:class:`~alignkit.domains.medical.xray.records.XRayRecordReader`; ``frontal_only`` defaults to
             True here, as ConVIRT and GLoRIA train on frontal views); ``uncertain="ignore"`` and blank cells
             under ``blank="ignore"`` give the label ``-1``.
         reports_root, image_extension (MIMIC), images_dir (NIH), image_column, report_column, report_is_path,

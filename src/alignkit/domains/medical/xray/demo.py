@@ -1,7 +1,7 @@
 """``alignkit demo xray``: ConVIRT and GLoRIA pretrained on a synthetic MIMIC-CXR-JPG archive, compared the BenchX way.
 
-Steps: write the synthetic archive (:func:`~alignkit.domains.medical.xray.synthetic.write_synthetic_mimic`: a real
-MIMIC-CXR-JPG layout with six findings among decoys, masks and free-text reports), run the bench config
+Steps: write the synthetic archive (:func:`~alignkit.domains.medical.xray.synthetic.archive.write_synthetic_mimic`:
+a real MIMIC-CXR-JPG layout with six findings among decoys, masks and free-text reports), run the bench config
 ``configs/medical/bench/xray_demo.yaml`` (CPU-sized ConVIRT and GLoRIA against the same CNN at random
 initialisation; linear probes at 1/10/100 % of the labels over seeds, zero-shot with the generator's finding
 prompts against a normal statement, report<->image retrieval over 100 candidates, segmentation Dice against an
@@ -26,10 +26,11 @@ from alignkit.core.config import configs_dir
 from alignkit.core.registry import DEMOS
 from alignkit.core.runner import write_metrics
 from alignkit.domains.medical.reports import split_sentences
-from alignkit.domains.medical.xray.bench import XRayBenchResult, run_xray_bench
-from alignkit.domains.medical.xray.benchx import BenchTable, PromptSets, prompt_sets
-from alignkit.domains.medical.xray.synthetic import (FINDING_COLUMNS, FINDING_PROMPTS, NORMAL_PROMPTS,
-                                                    write_synthetic_mimic)
+from alignkit.domains.medical.xray.bench.run import XRayBenchResult, run_xray_bench
+from alignkit.domains.medical.xray.bench.table import BenchTable
+from alignkit.domains.medical.xray.bench.zero_shot import PromptSets, prompt_sets
+from alignkit.domains.medical.xray.synthetic.archive import write_synthetic_mimic
+from alignkit.domains.medical.xray.synthetic.plans import FINDING_COLUMNS, FINDING_PROMPTS, NORMAL_PROMPTS
 
 PRETRAINED = ("convirt", "gloria")
 BASELINE = "random-init"
@@ -87,7 +88,7 @@ SEG_MARGIN, FAST_SEG_MARGIN = 0.05, 0.0
 
 def finding_prompts() -> PromptSets:
     """Zero-shot prompt sets keyed by the CheXpert columns of the six findings: the generator's phrasings as the
-    positive ensemble, a normal statement as the negative (scoring finding vs normal beat negated prompts)."""
+    positive ensemble, a normal statement as the negative (why: docs/medical.md)."""
     return prompt_sets({FINDING_COLUMNS[f]: FINDING_PROMPTS[f] for f in FINDING_PROMPTS}, NORMAL_PROMPTS)
 
 

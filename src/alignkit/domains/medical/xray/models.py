@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import FeatureMapEncoder, FrozenTower, TextItem, check_image, global_pool
+from alignkit.core.encoders.base import FrozenTower, TextItem
+from alignkit.core.encoders.image import FeatureMapEncoder, check_image, global_pool
 from alignkit.core.module import AlignmentModule
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.medical.xray.gloria import (GloriaLocalLoss, MergedWords, attention_maps, merge_subwords,

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from alignkit.domains.medical.metrics import dice_score
-from alignkit.domains.medical.xray.benchx import (Split, as_dataset, checked_batches, dataset_labels, label_subset,
-                                                  sample_loader, train_with_early_stopping, unwrap_encoder)
+from alignkit.domains.medical.xray.bench.shared import (Split, as_dataset, checked_batches, dataset_labels,
+                                                        label_subset, sample_loader, train_with_early_stopping,
+                                                        unwrap_encoder)
 
 
 class SegmentationHead(nn.Module):
@@ -161,7 +162,7 @@ def finetune_segmentation(encoder: nn.Module, train: Split, val: Split, test: Sp
     early-stopped on the validation mean Dice (best epoch restored); report the test Dice per class
     and the all-empty baseline (its Dice is the fraction of empty test masks per class). Predicted masks smaller
     than a per-class area chosen on validation are emptied (:func:`choose_min_areas`). ``fraction < 1``
-    trains on that share of the training images (:func:`~.benchx.label_subset` of the samples' ``labels``,
+    trains on that share of the training images (:func:`~.shared.label_subset` of the samples' ``labels``,
     seeded by ``seed``), as BenchX's label-efficiency settings do."""
     sample = next(iter(sample_loader(train, 1)))
     image, masks = _image_masks(sample)

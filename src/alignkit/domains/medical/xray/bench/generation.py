@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from alignkit.domains.medical.metrics import bleu_scores, report_tokens, rouge_l
-from alignkit.domains.medical.xray.benchx import Split, as_dataset, checked_batches, encode_images, sample_loader
+from alignkit.domains.medical.xray.bench.shared import Split, as_dataset, checked_batches, encode_images, sample_loader
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
