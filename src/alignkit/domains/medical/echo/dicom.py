@@ -9,7 +9,6 @@ C.8.5.5 (``SequenceOfUltrasoundRegions``).
 """
 from __future__ import annotations
 
-import io
 import math
 from collections import abc
 from typing import Any, Dict, Optional, Tuple
@@ -17,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from alignkit.core.video import DecodedFrames, FrameSelector, VideoProbe, VideoSource, select_frames
+from alignkit.domains.medical.dicom import decode_frame, frame_count, read_dataset
 
 
 def _dicom_fps(ds: Any) -> float:
@@ -79,19 +79,6 @@ def _to_rgb8(stored: np.ndarray, ds: Any, where: str) -> np.ndarray:
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def _pydicom() -> Any:
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise ImportError("reading DICOM needs pydicom: pip install 'alignkit[medical]'") from exc
-    return pydicom
-
-
-def _file(source: VideoSource) -> Any:
-    """What ``pydicom.dcmread`` reads: the path, or the bytes as a file object."""
-    return io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else source
-
-
 def read_dicom(source: VideoSource, select: Optional[FrameSelector],
                where: str) -> Tuple[DecodedFrames, Optional[np.ndarray]]:
     """Frames ``select`` asks for (each decoded once; all when None) of an existing DICOM path or bytes named
@@ -101,27 +88,12 @@ def read_dicom(source: VideoSource, select: Optional[FrameSelector],
     ``NumberOfFrames`` (1 when absent). ``ValueError`` naming the file for an unreadable file, a file without
     pixel data, an undecodable frame, an unsupported photometric interpretation, or indices outside the frames.
     """
-    pydicom = _pydicom()
-    from pydicom.pixels import pixel_array
-    try:
-        ds = pydicom.dcmread(_file(source))
-    except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct.error, ... on bad files
-        raise ValueError(f"cannot read DICOM file {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
-                         "truncated or not DICOM") from exc
-    if "PixelData" not in ds:
-        raise ValueError(f"DICOM file {where} has no pixel data (7FE0,0010) (SOP class "
-                         f"{ds.get('SOPClassUID', 'unknown')}): it is not an image; remove it from the list")
-    total, fps = int(ds.get("NumberOfFrames", 1) or 1), _dicom_fps(ds)
+    ds = read_dataset(source, where)
+    total, fps = frame_count(ds), _dicom_fps(ds)
     indices = select_frames(select, total, fps, where)
     decoded: Dict[int, np.ndarray] = {}
     for k in np.unique(indices):
-        try:
-            stored = pixel_array(ds, index=int(k))
-        except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError, ...
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-            raise ValueError(f"cannot decode frame {k} of DICOM file {where} (transfer syntax {syntax}; "
-                             f"{type(exc).__name__}: {exc}); the file is truncated or needs a decoder plugin "
-                             "(Pillow or pylibjpeg for JPEG, gdcm)") from exc
+        stored = decode_frame(ds, int(k), where)
         decoded[int(k)] = _to_rgb8(stored, ds, where)
     frames = np.stack([decoded[int(k)] for k in indices])
     return DecodedFrames(frames, indices, total, fps), ultrasound_region(ds, frames.shape[1], frames.shape[2])
@@ -130,10 +102,6 @@ def read_dicom(source: VideoSource, select: Optional[FrameSelector],
 def probe_dicom(source: VideoSource, where: str) -> VideoProbe:
     """Frame count (``NumberOfFrames``, 1 when absent), ``Rows``, ``Columns`` and :func:`_dicom_fps` of an existing
     DICOM path or bytes, read without its pixel data; ``ValueError`` naming ``where`` for an unreadable file."""
-    pydicom = _pydicom()
-    try:
-        ds = pydicom.dcmread(_file(source), stop_before_pixels=True)
-    except Exception as exc:  # see read_dicom
-        raise ValueError(f"cannot read DICOM file {where} ({type(exc).__name__}: {exc})") from exc
-    return VideoProbe(frames=int(ds.get("NumberOfFrames", 1) or 1), height=int(ds.get("Rows", 0) or 0),
+    ds = read_dataset(source, where, pixels=False)
+    return VideoProbe(frames=frame_count(ds), height=int(ds.get("Rows", 0) or 0),
                       width=int(ds.get("Columns", 0) or 0), fps=_dicom_fps(ds))

@@ -26,7 +26,7 @@ from monai.utils import ImageMetaKey, MetaKeys, ensure_tuple
 from PIL import Image
 
 from alignkit.core.registry import ConfigError, did_you_mean
-from alignkit.domains.medical.dicom import is_dicom
+from alignkit.domains.medical.dicom import decode_frame, frame_count, is_dicom, read_dataset
 
 PathLike = Union[str, Path]
 Window = Union[str, Tuple[float, float]]
@@ -145,29 +145,12 @@ def _read_dicom(path: Union[Path, BinaryIO], window: Window, frame: int,
     """DICOM (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``, bone bright. The steps are
     listed in :func:`load_xray`."""
     where = where or str(path)
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, pixel_array
-    except ImportError as exc:
-        raise ImportError("reading DICOM needs pydicom: pip install 'alignkit[medical]'") from exc
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, struct.error, ... on bad files
-        raise ValueError(f"cannot read DICOM file {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
-                         "truncated or not DICOM") from exc
-    if "PixelData" not in ds:
-        raise ValueError(f"DICOM file {where} has no pixel data (7FE0,0010) (SOP class "
-                         f"{ds.get('SOPClassUID', 'unknown')}): it is not an image; remove it from the list")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    ds = read_dataset(path, where)
+    from pydicom.pixels import apply_modality_lut
+    frames = frame_count(ds)
     if not 0 <= frame < frames:
         raise ValueError(f"frame {frame} requested but DICOM file {where} has {frames} frame(s)")
-    try:
-        stored = pixel_array(ds, index=frame if frames > 1 else None)
-    except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError, ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ValueError(f"cannot decode the pixel data of DICOM file {where} (transfer syntax {syntax}; "
-                         f"{type(exc).__name__}: {exc}); the file is truncated or needs a decoder plugin "
-                         "(pylibjpeg, gdcm)") from exc
+    stored = decode_frame(ds, frame if frames > 1 else None, where)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     meta: Dict[str, Any] = {"format": "DICOM", "frames": frames, "frame": frame, "photometric": photometric}
     if photometric in ("MONOCHROME1", "MONOCHROME2") and stored.ndim == 2:
