@@ -134,7 +134,7 @@ class AlignmentModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in out.items() if k != "loss"}, batch_size=bs, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        clamp_logit_scales_(self.losses)  # a temperature pushed past its cap sits at the cap and still learns
+        clamp_logit_scales_(self)  # a temperature pushed past its cap sits at the cap and still learns
         if self.teacher is not None:
             self.teacher.update(self.towers)
 

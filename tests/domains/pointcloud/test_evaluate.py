@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.pointcloud import evaluate as _evaluate  # noqa: F401  (registrations)
 from alignkit.domains.pointcloud.prompts import MODELNET40_64

@@ -12,7 +12,7 @@ import trimesh
 from PIL import Image
 
 from alignkit.core.registry import ConfigError
-from alignkit.domains.pointcloud.io import SUPPORTED_SUFFIXES, PointCloud
+from alignkit.domains.pointcloud.clouds import SUPPORTED_SUFFIXES, PointCloud
 from alignkit.domains.pointcloud.render import (camera_rays, decode_depth, encode_depth, orbit_cameras, render_file,
                                                 render_mesh, render_points)
 

@@ -11,11 +11,14 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.registry import DATASETS, ConfigError
-from alignkit.domains.pointcloud.rgbd import (IGNORE_INDEX, SYNTHETIC_CLASSES, RGBDScene, backproject, decode_depth,
-                                              decode_labels, frame_to_cloud, read_intrinsics, read_pose,
-                                              read_trajectory_log, write_synthetic_scenes)
+from alignkit.domains.pointcloud.rgbd.dataset import frame_to_cloud
+from alignkit.domains.pointcloud.rgbd.files import (IGNORE_INDEX, decode_depth, decode_labels, read_intrinsics,
+                                                    read_pose, read_trajectory_log)
+from alignkit.domains.pointcloud.rgbd.geometry import backproject
+from alignkit.domains.pointcloud.rgbd.scenes import RGBDScene
+from alignkit.domains.pointcloud.rgbd.synthetic import SYNTHETIC_CLASSES, write_synthetic_scenes
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared" / "data"

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from alignkit.core.registry import EVALUATORS, ConfigError
-from alignkit.domains.pointcloud.rgbd import IGNORE_INDEX
+from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
 from alignkit.domains.pointcloud.segmentation import (iou_per_class, majority_baseline, majority_class, mean_iou,
                                                       plot_segmentation, segmentation_confusion, segmentation_scores)
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from alignkit.core.registry import ConfigError
-from alignkit.domains.pointcloud.io import ModelNet40MeshReader, load_mesh, load_point_cloud, normalize_unit_sphere
+from alignkit.domains.pointcloud.clouds import load_mesh, load_point_cloud
+from alignkit.domains.pointcloud.layouts import ModelNet40MeshReader
+from alignkit.domains.pointcloud.preprocess import normalize_unit_sphere
 from alignkit.domains.pointcloud.synthetic import (ALL_CLASSES, HELD_OUT_RELATIVES, TRAIN_CLASSES, PartBuilder,
                                                    off_text, write_synthetic_modelnet)
 

@@ -14,10 +14,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from alignkit.core.api import AlignedModel
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.losses import clip_loss
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError
-from alignkit.domains.pointcloud.rgbd import IGNORE_INDEX, RGBDFramesDataset, write_synthetic_scenes
+from alignkit.domains.pointcloud.rgbd.dataset import RGBDFramesDataset
+from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
+from alignkit.domains.pointcloud.rgbd.synthetic import write_synthetic_scenes
 from alignkit.domains.pointcloud.segmentation import SegmentationEvaluator
 from alignkit.domains.pointcloud.text4point import (TextQueryingModule, batch_class_names, load_encoder_weights,
                                                     sample_pairs, sample_pixel_features)

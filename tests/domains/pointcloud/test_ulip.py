@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from alignkit.core.api import AlignedModel
-from alignkit.core.data import collate_samples
-from alignkit.core.encoders import packaged_minilm_dir
+from alignkit.core.collate import collate_samples
+from alignkit.core.encoders.text import packaged_minilm_dir
 from alignkit.core.losses import clip_loss, multi_positive_infonce_loss
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError
 from alignkit.domains.pointcloud import models as _models  # noqa: F401  (registers the point towers)
@@ -188,7 +188,7 @@ def test_clip_towers_match_the_full_clip_model(tiny_clip: Path):
 
 
 def test_clip_text_cache_needs_a_frozen_tower_and_gives_the_same_embeddings(tiny_clip: Path):
-    from alignkit.core.encoders import freeze
+    from alignkit.core.encoders.base import freeze
     plain = ENCODERS.build("hf-clip-text", path=str(tiny_clip), max_length=32).eval()
     cached = freeze(ENCODERS.build("hf-clip-text", path=str(tiny_clip), max_length=32, cache=True))
     texts = ["a chair", ["a mug", "with a handle"]]

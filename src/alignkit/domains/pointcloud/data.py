@@ -1,21 +1,22 @@
-"""Point-cloud datasets (``DATASETS``: ``modelnet40``, ``shapenet55``, ``scanobjectnn``, ``point-folder``),
-their decoder and the point augmentations.
+"""Point-cloud datasets (``DATASETS``: ``modelnet40``, ``shapenet55``, ``scanobjectnn``, ``point-folder``) and
+their decoder.
 
-Every dataset wraps a layout reader of :mod:`alignkit.domains.pointcloud.io` in the
-:class:`~alignkit.core.data.PairedDataset` protocol:
+Every dataset wraps a layout reader of :mod:`alignkit.domains.pointcloud.layouts` in the
+:class:`~alignkit.core.paired.PairedDataset` protocol:
 
 - ``raw(i)``: ``{"npy": the prepared cloud (num_points, 3+F) float32 as .npy bytes, "cls": label,
   "json": {id, names, description, where, up, features}, "<kind><vv>.png": rendered views}`` (views only with
-  ``with_images``). The cloud comes from :func:`~alignkit.domains.pointcloud.io.prepare_points` (meshes sampled
-  on their surface, FPS to ``num_points``, unit sphere), kept in a
-  :class:`~alignkit.domains.pointcloud.io.SampledCloudCache` so later epochs read one small ``.npy``;
+  ``with_images``). The cloud comes from :func:`~alignkit.domains.pointcloud.preprocess.prepare_points` (meshes
+  sampled on their surface, FPS to ``num_points``, unit sphere), kept in a
+  :class:`~alignkit.domains.pointcloud.preprocess.SampledCloudCache` so later epochs read one small ``.npy``;
   views are rendered once (:mod:`~alignkit.domains.pointcloud.render`) and kept as PNGs next to the file
   (or under ``render_dir``).
 - :class:`PointCloudDecoder` turns a record (from the folder or a shard) into the sample
   ``{"points": float Tensor (num_points, 3+F), "label": int, "text": str, "id": str, "image": float Tensor
   (3, S, S) (with_images)}``. In training (``augment``, default: split ``"train"``) it augments the points
-  (scale, rotation about the up axis, jitter, dropout), draws a random caption template and class synonym,
-  and a random rendered view; in evaluation it uses the first template and name and view 0.
+  (:func:`~alignkit.domains.pointcloud.augment.point_augmentation`: scale, rotation about the up axis, jitter,
+  dropout), draws a random caption template and class synonym, and a random rendered view; in evaluation it uses
+  the first template and name and view 0.
 
 Features ``F``: ``none`` (xyz), ``normals``, ``colors`` or ``normals+colors`` (3 columns each, after xyz).
 Bad files or listings raise errors naming the file (and line); with ``skip_bad=True`` every item is
@@ -35,159 +36,23 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from monai.transforms import Compose, Randomizable, RandomizableTransform
+from monai.transforms import Compose, Randomizable
 from torch.utils.data import get_worker_info
 
-from alignkit.core.data import ImageTextDecoder, PairedDataset, RawRecord, RawValue, build_decoder, raw_text
-from alignkit.core.registry import DATASETS, ConfigError, check_choice, did_you_mean
-from alignkit.domains.pointcloud.io import (UP_AXES, ModelNet40MeshReader, ModelNet40ResampledReader,
-                                            PointFileError, PointFolderReader, PointLayoutReader, PointRecord,
-                                            SampledCloudCache, ScanObjectNNReader, ShapeNet55Reader,
-                                            check_features, default_cache_dir, detect_modelnet40_layout,
-                                            load_geometry, prepare_points)
+from alignkit.core.images import ImageTextDecoder
+from alignkit.core.paired import PairedDataset, RawRecord, RawValue, build_decoder, raw_text
+from alignkit.core.params import check_choice
+from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.domains.pointcloud.augment import point_augmentation
+from alignkit.domains.pointcloud.clouds import UP_AXES, PointFileError, load_geometry
+from alignkit.domains.pointcloud.layouts import (ModelNet40MeshReader, ModelNet40ResampledReader, PointFolderReader,
+                                                 PointLayoutReader, PointRecord, ScanObjectNNReader, ShapeNet55Reader,
+                                                 detect_modelnet40_layout)
+from alignkit.domains.pointcloud.preprocess import SampledCloudCache, check_features, default_cache_dir, prepare_points
 from alignkit.domains.pointcloud.prompts import point_caption, resolve_templates
 from alignkit.domains.pointcloud.render import VIEW_KINDS, default_views_dir, render_geometry, view_file, write_views
 
 logger = logging.getLogger(__name__)
-
-_AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
-
-
-# ===================================================================================== augmentations
-
-
-class RandomScalePoints(RandomizableTransform):
-    """``x' = s x`` with ``s ~ U(low, high)`` per cloud (one factor, or one per axis if ``anisotropic``).
-
-    Acts on (N, 3+F) float arrays; with ``normals`` (columns 3:6) they become ``normalize(n / s)``, the
-    normals of the scaled surface.
-    """
-
-    def __init__(self, low: float = 0.8, high: float = 1.25, anisotropic: bool = False, normals: bool = False,
-                 prob: float = 1.0):
-        super().__init__(prob)
-        if not 0 < low <= high:
-            raise ConfigError(f"scale range must satisfy 0 < low <= high, got ({low}, {high})")
-        self.low, self.high, self.anisotropic, self.normals = low, high, anisotropic, normals
-        self._scale = np.ones(3)
-
-    def randomize(self, data: Any = None) -> None:
-        super().randomize(None)
-        self._scale = self.R.uniform(self.low, self.high, 3 if self.anisotropic else 1) * np.ones(3)
-
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return points
-        out = points.copy()
-        out[:, :3] *= self._scale
-        if self.normals:
-            n = out[:, 3:6] / self._scale
-            out[:, 3:6] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-        return out
-
-
-def rotation_about(axis: str, angle: float) -> np.ndarray:
-    """(3, 3) right-handed rotation by ``angle`` radians about coordinate axis ``axis`` (``x``, ``y``, ``z``)."""
-    c, s = np.cos(angle), np.sin(angle)
-    i, j = [k for k in range(3) if k != _AXIS_INDEX[axis]]
-    if axis == "y":  # keep right-handedness: about y the plane is (z, x)
-        i, j = j, i
-    rot = np.eye(3)
-    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
-    return rot
-
-
-class RandomRotateUp(RandomizableTransform):
-    """Rotation of xyz (and normals, columns 3:6) about the up axis by ``U(-max_angle, max_angle)`` radians."""
-
-    def __init__(self, up_axis: str = "z", max_angle: float = float(np.pi), normals: bool = False, prob: float = 1.0):
-        super().__init__(prob)
-        check_choice(up_axis, UP_AXES, "up_axis")
-        self.up_axis, self.max_angle, self.normals = up_axis, max_angle, normals
-        self._rotation = np.eye(3)
-
-    def randomize(self, data: Any = None) -> None:
-        super().randomize(None)
-        self._rotation = rotation_about(self.up_axis, self.R.uniform(-self.max_angle, self.max_angle))
-
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return points
-        out = points.copy()
-        out[:, :3] = points[:, :3] @ self._rotation.T
-        if self.normals:
-            out[:, 3:6] = points[:, 3:6] @ self._rotation.T
-        return out
-
-
-class RandomJitterPoints(RandomizableTransform):
-    """``x' = x + clip(sigma * N(0, 1), -clip, clip)`` per point and coordinate (xyz only)."""
-
-    def __init__(self, sigma: float = 0.01, clip: float = 0.05, prob: float = 1.0):
-        super().__init__(prob)
-        self.sigma, self.clip = sigma, clip
-        self._noise: Optional[np.ndarray] = None
-
-    def randomize(self, data: Optional[np.ndarray] = None) -> None:
-        super().randomize(None)
-        n = 0 if data is None else len(data)
-        self._noise = np.clip(self.sigma * self.R.standard_normal((n, 3)), -self.clip, self.clip)
-
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize(points)
-        if not self._do_transform:
-            return points
-        out = points.copy()
-        out[:, :3] += self._noise
-        return out
-
-
-class RandomPointDropout(RandomizableTransform):
-    """PointNet++ point dropout: draw ``r ~ U(0, max_ratio)``, then replace each point with probability ``r``
-    by the first point (the cloud keeps its size, so batches still stack)."""
-
-    def __init__(self, max_ratio: float = 0.875, prob: float = 1.0):
-        super().__init__(prob)
-        if not 0 <= max_ratio < 1:
-            raise ConfigError(f"dropout max_ratio must be in [0, 1), got {max_ratio}")
-        self.max_ratio = max_ratio
-        self._drop: Optional[np.ndarray] = None
-
-    def randomize(self, data: Optional[np.ndarray] = None) -> None:
-        super().randomize(None)
-        ratio = self.R.uniform(0.0, self.max_ratio)
-        self._drop = self.R.random_sample(0 if data is None else len(data)) < ratio
-
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize(points)
-        if not self._do_transform:
-            return points
-        out = points.copy()
-        out[self._drop] = points[0]
-        return out
-
-
-def point_augmentation(up_axis: str = "z", normals: bool = False, scale: Optional[Sequence[float]] = (0.8, 1.25),
-                       rotate: bool = True, jitter: float = 0.01, dropout: float = 0.0) -> Compose:
-    """The training augmentation: dropout (if ``dropout`` > 0), scale (if ``scale``), rotation about
-    ``up_axis`` (if ``rotate``), jitter (if ``jitter`` > 0), as a MONAI ``Compose`` of the transforms above."""
-    steps: List[RandomizableTransform] = []
-    if dropout > 0:
-        steps.append(RandomPointDropout(dropout))
-    if scale is not None:
-        low, high = scale
-        steps.append(RandomScalePoints(low, high, normals=normals))
-    if rotate:
-        steps.append(RandomRotateUp(up_axis, normals=normals))
-    if jitter > 0:
-        steps.append(RandomJitterPoints(jitter))
-    return Compose(steps)
 
 
 # =========================================================================================== decoder
@@ -288,7 +153,7 @@ class PointCloudDataset(PairedDataset):
     :meth:`_index`. The shared parameters (keyword-only, in every subclass):
 
     - ``num_points`` (N), ``surface_points`` (samples drawn on a mesh before FPS), ``features``,
-      ``sampling`` (``fps`` | ``random``), ``seed``: :func:`~alignkit.domains.pointcloud.io.prepare_points`;
+      ``sampling`` (``fps`` | ``random``), ``seed``: :func:`~alignkit.domains.pointcloud.preprocess.prepare_points`;
     - ``augment``, ``scale`` ([low, high] or null), ``rotate``, ``jitter`` (sigma), ``dropout`` (max ratio),
       ``caption_templates`` (a set of :mod:`~alignkit.domains.pointcloud.prompts` or a list),
       ``image_size``, ``image_kinds``, ``image_mean``, ``image_std``: the :class:`PointCloudDecoder`'s;
@@ -297,7 +162,7 @@ class PointCloudDataset(PairedDataset):
       (shaded and depth) once, beside the file (``<stem>_views<size>/``; ``.h5`` rows in ``<row>/`` below it) or
       in ``render_dir/<id>_views<size>/``;
     - ``cache``, ``cache_dir``: keep prepared clouds on disk (default dir
-      :func:`~alignkit.domains.pointcloud.io.default_cache_dir`);
+      :func:`~alignkit.domains.pointcloud.preprocess.default_cache_dir`);
     - ``classes``: keep only these classes (layout keys or readable names), labelled in this order;
     - ``skip_bad``: drop and list (``skipped``) bad entries instead of raising.
     """
@@ -470,7 +335,7 @@ class ModelNet40Dataset(PointCloudDataset):
 @DATASETS.register("shapenet55")
 @with_point_params
 class ShapeNet55Dataset(PointCloudDataset):
-    """ShapeNet-55 in Point-BERT's layout (:class:`~alignkit.domains.pointcloud.io.ShapeNet55Reader`; y up);
+    """ShapeNet-55 in Point-BERT's layout (:class:`~alignkit.domains.pointcloud.layouts.ShapeNet55Reader`; y up);
     captions use the synset's names (ShapeNet ``taxonomy.json`` synonyms when present). Shared parameters:
     :class:`PointCloudDataset`."""
 
@@ -482,7 +347,7 @@ class ShapeNet55Dataset(PointCloudDataset):
 @DATASETS.register("scanobjectnn")
 @with_point_params
 class ScanObjectNNDataset(PointCloudDataset):
-    """ScanObjectNN ``.h5`` files (:class:`~alignkit.domains.pointcloud.io.ScanObjectNNReader`: ``variant``,
+    """ScanObjectNN ``.h5`` files (:class:`~alignkit.domains.pointcloud.layouts.ScanObjectNNReader`: ``variant``,
     ``suffix``; y up). Shared parameters: :class:`PointCloudDataset`."""
 
     def __init__(self, root: str, split: str = "train", variant: str = "main_split",
@@ -496,7 +361,7 @@ class ScanObjectNNDataset(PointCloudDataset):
 @DATASETS.register("point-folder")
 @with_point_params
 class PointFolderDataset(PointCloudDataset):
-    """Any mesh/point files listed in a labels CSV (:class:`~alignkit.domains.pointcloud.io.PointFolderReader`:
+    """Any mesh/point files listed in a labels CSV (:class:`~alignkit.domains.pointcloud.layouts.PointFolderReader`:
     ``csv``, ``path_column``, ``label_column`` (class names), ``split_column``, ``text_column`` (per-item
     caption metadata)); ``up_axis`` defaults to z. Shared parameters: :class:`PointCloudDataset`."""
 

@@ -29,16 +29,16 @@ from rich.table import Table
 
 from alignkit.core.api import AlignedModel
 from alignkit.core.config import configs_dir, load_config, to_plain
-from alignkit.core.results import results_table
-from alignkit.core.evaluate import class_embeddings, embed_loader, topk_accuracy, zero_shot_predict
+from alignkit.core.embeddings import embed_loader
+from alignkit.core.metrics import class_embeddings, topk_accuracy, zero_shot_predict
 from alignkit.core.registry import DATASETS, DEMOS
+from alignkit.core.results import results_table
 from alignkit.core.runner import CHECKPOINT_DIR, LAST_CHECKPOINT, train, write_metrics
-from alignkit.domains.pointcloud import evaluate as _evaluators  # noqa: F401  (registers point_zero_shot)
-from alignkit.domains.pointcloud import ulip as _ulip  # noqa: F401  (registers the ulip model)
 from alignkit.domains.pointcloud.evaluate import PointZeroShotEvaluator
 from alignkit.domains.pointcloud.prompts import MODELNET40_64
-from alignkit.domains.pointcloud.rgbd import write_synthetic_scenes
+from alignkit.domains.pointcloud.rgbd.synthetic import write_synthetic_scenes
 from alignkit.domains.pointcloud.synthetic import HELD_OUT_RELATIVES, TRAIN_CLASSES, write_synthetic_modelnet
+from alignkit.domains.pointcloud.ulip import ULIPModule  # noqa: F401  (registers the ulip model)
 
 CONFIGS = ("ulip_demo_stage1.yaml", "ulip_demo_stage2.yaml", "text4point_demo_pretrain.yaml",
            "text4point_demo_seg.yaml")

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from alignkit.core.encoders import FrozenTower
-from alignkit.core.evaluate import (ZeroShotEvaluator, _classification_plots, _dataset_class_names,
-                                    classification_metrics)
+from alignkit.core.encoders.base import FrozenTower
+from alignkit.core.evaluators import ZeroShotEvaluator, _classification_plots, _dataset_class_names
+from alignkit.core.metrics import classification_metrics
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.pointcloud.prompts import resolve_templates
 

@@ -7,7 +7,7 @@ with ``"a point cloud model of {}."`` first. Its ShapeNet pretraining reads key 
 ``"a black and white photo of a {}"``.
 
 Every template holds one ``{}`` placeholder for the class name, as
-:func:`alignkit.core.evaluate.class_embeddings` and the ``zero_shot`` evaluator expect.
+:func:`alignkit.core.metrics.class_embeddings` and the ``zero_shot`` evaluator expect.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Multi-view CPU rendering of meshes and point clouds with Open3D ray casting (ULIP's image modality).
 
-Every geometry is first normalised to the unit sphere (:func:`~alignkit.domains.pointcloud.io.normalize_unit_sphere`
-of its vertices / points) and seen by :func:`orbit_cameras`: ``V`` pinhole cameras on a circle around the
-up axis at ``distance`` from the origin, ``elevation_deg`` above the horizon, with a field of view that
-holds the whole unit sphere. One ``RaycastingScene.cast_rays`` call traces all views.
+Every geometry is first normalised to the unit sphere
+(:func:`~alignkit.domains.pointcloud.preprocess.normalize_unit_sphere` of its vertices / points) and seen by
+:func:`orbit_cameras`: ``V`` pinhole cameras on a circle around the up axis at ``distance`` from the origin,
+``elevation_deg`` above the horizon, with a field of view that holds the whole unit sphere. One
+``RaycastingScene.cast_rays`` call traces all views.
 
 - Meshes: the hit triangle's face normal (flat shading) and, when the mesh has them, its interpolated
   vertex colours (textures are converted to vertex colours by trimesh).
@@ -33,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from alignkit.core.registry import ConfigError
-from alignkit.domains.pointcloud.io import (UP_AXES, PointCloud, estimate_normals, load_geometry, mesh_has_colors,
-                                            normalize_unit_sphere)
+from alignkit.domains.pointcloud.clouds import UP_AXES, PointCloud, estimate_normals, load_geometry, mesh_has_colors
+from alignkit.domains.pointcloud.preprocess import normalize_unit_sphere
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def render_points(cloud: PointCloud, num_views: int = 12, image_size: int = 224,
     """Shaded and depth views of a point cloud normalised to the unit sphere, splatted as octahedra.
 
     Clouds larger than ``max_points`` are randomly subsampled (seeded) first. Normals come from the cloud
-    or :func:`~alignkit.domains.pointcloud.io.estimate_normals`; colours from the cloud when ``colors``.
+    or :func:`~alignkit.domains.pointcloud.clouds.estimate_normals`; colours from the cloud when ``colors``.
     """
     if len(cloud) > max_points:
         cloud = cloud.subset(np.sort(np.random.default_rng(seed).choice(len(cloud), max_points, replace=False)))
@@ -288,7 +289,7 @@ def default_views_dir(path: PathLike, image_size: int) -> Path:
 
 def render_geometry(geometry: Union["trimesh.Trimesh", PointCloud], num_views: int = 12,  # noqa: F821
                     image_size: int = 224, up_axis: str = "z", threads: int = 0) -> RenderedViews:
-    """:func:`render_points` for a :class:`~alignkit.domains.pointcloud.io.PointCloud`, else :func:`render_mesh`."""
+    """:func:`render_points` for a :class:`~alignkit.domains.pointcloud.clouds.PointCloud`, else :func:`render_mesh`."""
     if isinstance(geometry, PointCloud):
         return render_points(geometry, num_views, image_size, up_axis, threads=threads)
     return render_mesh(geometry, num_views, image_size, up_axis, threads=threads)
@@ -296,7 +297,7 @@ def render_geometry(geometry: Union["trimesh.Trimesh", PointCloud], num_views: i
 
 def render_file(path: PathLike, out_dir: Optional[PathLike] = None, num_views: int = 12, image_size: int = 224,
                 up_axis: str = "z", kinds: Sequence[str] = VIEW_KINDS, threads: int = 0) -> List[Path]:
-    """Render a mesh or point file (:func:`~alignkit.domains.pointcloud.io.load_geometry`) to PNGs in
+    """Render a mesh or point file (:func:`~alignkit.domains.pointcloud.clouds.load_geometry`) to PNGs in
     ``out_dir`` (default :func:`default_views_dir`, next to the file); return the written PNG paths."""
     views = render_geometry(load_geometry(path), num_views, image_size, up_axis, threads)
     return write_views(views, Path(out_dir) if out_dir is not None else default_views_dir(path, image_size), kinds)

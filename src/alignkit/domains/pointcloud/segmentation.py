@@ -1,7 +1,7 @@
 """Point-cloud semantic segmentation evaluation: confusion matrices, IoU, the majority baseline, plots, evaluator.
 
 Conventions: labels are class indices in ``[0, K)``; points labelled ``ignore_index`` (default
-:data:`~alignkit.domains.pointcloud.rgbd.IGNORE_INDEX`) are left out of every count. A confusion matrix
+:data:`~alignkit.domains.pointcloud.rgbd.files.IGNORE_INDEX`) are left out of every count. A confusion matrix
 ``cm (K, K)`` counts points of true class ``t`` (row) predicted as ``p`` (column).
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from alignkit.core import plots
-from alignkit.core.evaluate import confusion_matrix
+from alignkit.core.metrics import confusion_matrix
 from alignkit.core.registry import EVALUATORS, ConfigError
-from alignkit.domains.pointcloud.rgbd import IGNORE_INDEX
+from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
 
 UNLABELED_COLOR = (0.8, 0.8, 0.8)
 

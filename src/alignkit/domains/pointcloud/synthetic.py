@@ -1,7 +1,7 @@
 """A procedural ModelNet40-layout folder of ``.off`` meshes: furniture, vessels and vehicles built from parts.
 
 :func:`write_synthetic_modelnet` writes ``root/<class>/{train,test}/<class>_<nnnn>.off`` (z up, like
-ModelNet40), readable by :class:`~alignkit.domains.pointcloud.io.ModelNet40MeshReader` and the
+ModelNet40), readable by :class:`~alignkit.domains.pointcloud.layouts.ModelNet40MeshReader` and the
 ``modelnet40`` dataset, plus ``root/synthetic.json`` (classes, held-out relatives, counts, seed).
 
 Each class is a small program of parts (boxes, cylinders, surfaces of revolution, tube handles)
@@ -16,7 +16,7 @@ of the table. Every instance has its own random stream ``(seed, class, split, in
 instances have proportions never seen in training and adding classes does not change the others.
 
 Parts are concatenated, not unioned: surface sampling covers every part's full surface (also where
-parts touch), which is harmless for point-cloud learning. Pure numpy; about 1 ms per mesh.
+parts touch), which is harmless for point-cloud learning. Pure numpy.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Text4Point (Huang et al., "Joint Representation Learning for Text and 3D Point Cloud", 2023), built from the paper.
+"""Text4Point (Huang et al., "Joint Representation Learning for Text and 3D Point Cloud", arXiv 2301.07584, 2023),
+built from the paper (which points to code at LeapLabTHU/Text4Point).
 
-Two stages on RGB-D frames (:mod:`alignkit.domains.pointcloud.rgbd` samples: ``points (B, N, 6)``,
+Two stages on RGB-D frames (:mod:`alignkit.domains.pointcloud.rgbd.dataset` samples: ``points (B, N, 6)``,
 ``pixels (B, N, 2)`` ``(row, col)`` of each point, ``image (B, 3, H, W)``, ``seg (B, N)``, ``class_names``).
 
 **Pretraining** (:class:`Text4PointPretraining`, ``"text4point-pretrain"``): dense image-point contrast on
@@ -33,11 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.core.encoders import FeatureMapEncoder, FrozenTower
-from alignkit.core.evaluate import class_embeddings
+from alignkit.core.encoders.base import FrozenTower
+from alignkit.core.encoders.image import FeatureMapEncoder
+from alignkit.core.metrics import class_embeddings
+from alignkit.core.losses import logit_multiplier
 from alignkit.core.module import AlignmentModule, Tower
 from alignkit.core.registry import ENCODERS, HEADS, LOSSES, MODELS, ConfigError
-from alignkit.domains.pointcloud.rgbd import IGNORE_INDEX
+from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
 
 PIXELS_KEY = "pixels"
 SEG_KEY = "seg"
@@ -245,10 +248,11 @@ class TextQueryingModule(nn.Module):
         u = W_t t                                        (K, C)
         h = f + MHA(q = LN(f), k = u, v = u)            multi-head attention over the K labels
         f' = h + FFN(LN(h))                             FFN: C -> ffn_ratio C -> C (GELU)
-        logits_ic = s * cos(P f'_i, Q t_c)              s = min(exp(logit_scale), max_logit_scale)
+        logits_ic = s * cos(P f'_i, Q t_c)              s = exp(min(logit_scale, log max_logit_scale))
 
     ``P``, ``Q`` map to ``embed_dim`` (default ``C``); ``logit_scale = log(1 / init_temperature)``,
-    learnable unless ``learnable_temperature=False``. ``C`` must be divisible by ``num_heads``.
+    learnable unless ``learnable_temperature=False`` (capped as :func:`alignkit.core.losses.logit_multiplier` caps
+    it, so a scale at the cap keeps its gradient). ``C`` must be divisible by ``num_heads``.
     """
 
     def __init__(self, point_dim: int, text_dim: int, embed_dim: Optional[int] = None, num_heads: int = 4,
@@ -287,7 +291,7 @@ class TextQueryingModule(nn.Module):
         attended, weights = self.attention(self.norm_query(point_features), keys, keys, need_weights=True)
         h = point_features + attended
         features = h + self.ffn(self.norm_ffn(h))
-        scale = self.logit_scale.exp().clamp(max=self.max_logit_scale)
+        scale = logit_multiplier(self.logit_scale, self.max_logit_scale)
         logits = scale * F.normalize(self.point_head(features), dim=-1) @ F.normalize(self.class_head(labels), dim=-1).T
         return TextQueryOutput(features, logits, weights)
 
@@ -332,7 +336,7 @@ class Text4PointSegmentation(AlignmentModule):
             once per label set and kept). Global ``objectives`` may be empty.
         points, text: the modalities of the two towers.
         templates: prompt templates with ``{}`` for the class name; a label's embedding is the normalised
-            mean of its prompts' normalised embeddings (:func:`alignkit.core.evaluate.class_embeddings`).
+            mean of its prompts' normalised embeddings (:func:`alignkit.core.metrics.class_embeddings`).
         num_heads, ffn_ratio, dropout, tqm_dim, init_temperature, learnable_temperature: of the TQM
             (``tqm_dim``: its ``embed_dim``).
         pretrained: a pretraining checkpoint (``.ckpt`` / ``.safetensors``) whose ``pretrained_prefix``

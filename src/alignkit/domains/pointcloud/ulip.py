@@ -1,4 +1,9 @@
-"""ULIP tri-modal pretraining (Xue et al., CVPR 2023): a point tower aligned to image and text towers.
+"""ULIP tri-modal pretraining: a point tower aligned to image and text towers.
+
+Sources: Xue et al., "ULIP: Learning a Unified Representation of Language, Images, and Point Clouds for 3D
+Understanding", CVPR 2023 (arXiv 2212.05171) and "ULIP-2: Towards Scalable Multimodal Pre-training for 3D
+Understanding", CVPR 2024 (arXiv 2305.08275); reference code salesforce/ULIP (``models/ULIP_models.py``,
+``models/losses.py``).
 
 The towers and objectives are the core :class:`~alignkit.core.module.AlignmentModule`'s: with towers
 ``points``, ``image``, ``text`` the loss is

@@ -1,4 +1,9 @@
-"""A Point-BERT-style transformer over point patches (Yu et al. 2022, the backbone of ULIP).
+"""A Point-BERT-style transformer over point patches (one of ULIP's point backbones; ULIP-2's released
+models use it).
+
+Source: Yu et al., "Point-BERT: Pre-training 3D Point Cloud Transformers with Masked Point Modeling", CVPR 2022
+(arXiv 2111.14819); reference code Julie-tang00/Point-BERT ``models/Point_BERT.py`` and ULIP's copy
+salesforce/ULIP ``models/pointbert/point_encoder.py``.
 
 Tokenizer: ``G`` centres by farthest point sampling, each with its ``K`` nearest points as a
 patch; a mini-PointNet embeds every patch. A transformer encoder runs over ``[CLS, patches]``

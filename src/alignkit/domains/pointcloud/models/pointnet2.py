@@ -1,4 +1,9 @@
-"""PointNet building blocks and PointNet++ single-scale grouping (SSG), Qi et al. 2017.
+"""PointNet building blocks and PointNet++ single-scale grouping (SSG).
+
+Source: Qi et al., "PointNet++: Deep Hierarchical Feature Learning on Point Sets in a Metric Space",
+NeurIPS 2017 (arXiv 1706.02413); reference code charlesq34/pointnet2 ``models/pointnet2_cls_ssg.py`` (classification)
+and ``models/pointnet2_sem_seg.py`` (feature propagation); ULIP's PyTorch port is salesforce/ULIP
+``models/pointnet2/pointnet2.py``.
 
 Every point encoder here takes ``points`` (B, N, 3 + in_features): xyz first, then optional
 per-point features (normals, colours). It computes a :class:`PointFeatures` once and offers the
