@@ -162,9 +162,12 @@ class _LineStats:
 
 
 REFINED_ENTRIES = 8
-"""Entries per line whose logits are recomputed in float64: the line's largest, which carry most of
-``sum exp(L - max)``, so the rounding of float32 logits (about 1e-5 at a logit scale of 100) no longer
-reaches a loss near zero."""
+REFINE_BELOW = 1.0
+"""A line whose ``sum_{k != max} exp(L_k - max)`` is below :data:`REFINE_BELOW` (its loss below log 2) has its
+:data:`REFINED_ENTRIES` largest logits recomputed in float64: they carry most of that sum, so the rounding of
+float32 logits (about 1e-5 at a logit scale of 100) no longer reaches a loss near zero. Lines with larger losses
+keep float32 logits, whose rounding is then far below the loss (and nothing is recomputed while a model is far
+from fitting its batch)."""
 
 
 class _ExactLogits:
@@ -192,33 +195,43 @@ class _ExactLogits:
 
 def _max_rest(logits: Tensor, dim: int, exact: Optional[_ExactLogits] = None,
               row_start: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Along ``dim``: ``(max, argmax, sum of exp(L - max) over the other entries, float32 max)``.
+    """Along ``dim``: ``(max, argmax, sum of exp(L - max) over the other entries, float32 max)``, float64 but for
+    the last.
 
-    With ``exact`` the :data:`REFINED_ENTRIES` largest entries of each line are recomputed in float64: the
-    maximum (float64) and their terms of the sum come from those, the rest from the float32 block. Entries at
-    ``-inf`` (masked out) stay out; a line with no finite entry has maximum ``-inf`` and sum 0.
+    With ``exact``, lines with a small sum (see :data:`REFINE_BELOW`) take their maximum and their largest terms
+    from logits recomputed in float64. Entries at ``-inf`` (masked out) stay out; a line with no finite entry
+    has maximum ``-inf`` and sum 0.
     """
     m, a = logits.max(dim)
-    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    finite = torch.isfinite(m)
+    safe = torch.where(finite, m, torch.zeros_like(m))
     e = (logits - safe.unsqueeze(dim)).exp_()
-    if exact is None:
-        e.scatter_(dim, a.unsqueeze(dim), 0.0)
-        return m.double(), a, e.sum(dim).double(), m
-    top = e.topk(min(REFINED_ENTRIES, logits.shape[dim]), dim).indices
-    e.scatter_(dim, top, 0.0)
+    e.scatter_(dim, a.unsqueeze(dim), 0.0)
     rest = e.sum(dim).double()
-    lines = torch.arange(logits.shape[1 - dim], device=logits.device)
+    m64 = m.double()
+    if exact is None:
+        return m64, a, rest, m
+    lines = ((rest < REFINE_BELOW) & finite).nonzero().flatten()
+    if len(lines) == 0:
+        return m64, a, rest, m
+    sub = e.index_select(1 - dim, lines)
+    sub.scatter_(dim, a[lines].unsqueeze(dim), 2.0)  # the maximum is always among the refined entries
+    top = sub.topk(min(REFINED_ENTRIES, logits.shape[dim]), dim).indices
+    sub_rest = sub.scatter_(dim, top, 0.0).sum(dim).double()
     if dim == 1:
         i, j = lines[:, None].expand_as(top) + row_start, top
     else:
         i, j = top + row_start, lines[None, :].expand_as(top)
-    refined = exact(i, j).masked_fill_(~torch.isfinite(logits.gather(dim, top)), -math.inf)
-    m64, where = refined.max(dim)
-    safe64 = torch.where(torch.isfinite(m64), m64, torch.zeros_like(m64))
-    terms = (refined - safe64.unsqueeze(dim)).exp_()
+    refined = exact(i, j).masked_fill_(~torch.isfinite(logits.index_select(1 - dim, lines).gather(dim, top)),
+                                       -math.inf)
+    top_max, where = refined.max(dim)
+    terms = (refined - top_max.unsqueeze(dim)).exp_()
     terms.scatter_(dim, where.unsqueeze(dim), 0.0)
-    rest = terms.sum(dim) + rest * (safe.double() - safe64).exp()
-    return m64, top.gather(dim, where.unsqueeze(dim)).squeeze(dim), rest, m
+    rest[lines] = terms.sum(dim) + sub_rest * (m64[lines] - top_max).exp()
+    m64[lines] = top_max
+    a = a.clone()
+    a[lines] = top.gather(dim, where.unsqueeze(dim)).squeeze(dim)
+    return m64, a, rest, m
 
 
 def _check_groups(groups_x: Tensor, groups_y: Tensor, columns: bool, dtype: torch.dtype

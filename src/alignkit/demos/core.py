@@ -9,7 +9,6 @@ Writes ``metrics.json`` and the run folder under ``--out``.
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -24,6 +23,7 @@ from alignkit.core.metrics import candidate_blocks
 from alignkit.core.registry import DATASETS, DEMOS, EVALUATORS
 from alignkit.core.results import results_table
 from alignkit.core.runner import train, write_metrics
+from alignkit.core.workdir import fresh, generated
 from alignkit.demos.shapes import SHAPES, attribute_key, write_shapes_dataset
 
 CANDIDATES = 200
@@ -56,12 +56,9 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     out = Path(out)
     t0 = time.time()
     console = Console()
-    data_root = out / "data"
-    if not (data_root / "pairs.csv").is_file():
-        console.print(f"writing the shapes dataset to {data_root} ...")
-        write_shapes_dataset(data_root, train_replicas=FAST_REPLICAS if fast else FULL_REPLICAS)
-    if (out / "run").exists():  # a demo re-run starts over; the generated data is kept
-        shutil.rmtree(out / "run")
+    data_root = generated(out / "data", "pairs.csv", "the shapes dataset", lambda root: write_shapes_dataset(
+        root, train_replicas=FAST_REPLICAS if fast else FULL_REPLICAS), console)
+    fresh(out / "run")  # a demo re-run starts over; the generated data is kept
     overrides = [f"data.params.root={data_root}", f"out_dir={out}", "name=run"]
     overrides += FAST_OVERRIDES if fast else []
     cfg = load_config(config or configs_dir() / "core" / "shapes_demo.yaml", overrides)

@@ -22,7 +22,22 @@ from alignkit.domains.pointcloud.clouds import UP_AXES
 _AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
 
 
-class RandomScalePoints(RandomizableTransform):
+class RandomPointTransform(RandomizableTransform):
+    """A randomised transform of ``(N, 3+F)`` points: ``randomize(points)`` draws its parameters and
+    :meth:`apply` uses them on a copy; with probability ``1 - prob`` the points pass unchanged."""
+
+    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(points)
+        if not self._do_transform:
+            return points
+        return self.apply(points)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomScalePoints(RandomPointTransform):
     """``x' = s x`` with ``s ~ U(low, high)`` per cloud (one factor, or one per axis if ``anisotropic``).
 
     Acts on (N, 3+F) float arrays; with ``normals`` (columns 3:6) they become ``normalize(n / s)``, the
@@ -41,11 +56,7 @@ class RandomScalePoints(RandomizableTransform):
         super().randomize(None)
         self._scale = self.R.uniform(self.low, self.high, 3 if self.anisotropic else 1) * np.ones(3)
 
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return points
+    def apply(self, points: np.ndarray) -> np.ndarray:
         out = points.copy()
         out[:, :3] *= self._scale
         if self.normals:
@@ -65,7 +76,7 @@ def rotation_about(axis: str, angle: float) -> np.ndarray:
     return rot
 
 
-class RandomRotateUp(RandomizableTransform):
+class RandomRotateUp(RandomPointTransform):
     """Rotation of xyz (and normals, columns 3:6) about the up axis by ``U(-max_angle, max_angle)`` radians."""
 
     def __init__(self, up_axis: str = "z", max_angle: float = float(np.pi), normals: bool = False, prob: float = 1.0):
@@ -78,11 +89,7 @@ class RandomRotateUp(RandomizableTransform):
         super().randomize(None)
         self._rotation = rotation_about(self.up_axis, self.R.uniform(-self.max_angle, self.max_angle))
 
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return points
+    def apply(self, points: np.ndarray) -> np.ndarray:
         out = points.copy()
         out[:, :3] = points[:, :3] @ self._rotation.T
         if self.normals:
@@ -90,7 +97,7 @@ class RandomRotateUp(RandomizableTransform):
         return out
 
 
-class RandomJitterPoints(RandomizableTransform):
+class RandomJitterPoints(RandomPointTransform):
     """``x' = x + clip(sigma * N(0, 1), -clip, clip)`` per point and coordinate (xyz only)."""
 
     def __init__(self, sigma: float = 0.01, clip: float = 0.05, prob: float = 1.0):
@@ -103,17 +110,13 @@ class RandomJitterPoints(RandomizableTransform):
         n = 0 if data is None else len(data)
         self._noise = np.clip(self.sigma * self.R.standard_normal((n, 3)), -self.clip, self.clip)
 
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize(points)
-        if not self._do_transform:
-            return points
+    def apply(self, points: np.ndarray) -> np.ndarray:
         out = points.copy()
         out[:, :3] += self._noise
         return out
 
 
-class RandomPointDropout(RandomizableTransform):
+class RandomPointDropout(RandomPointTransform):
     """PointNet++ point dropout: draw ``r ~ U(0, max_ratio)``, then replace each point with probability ``r``
     by the first point (the cloud keeps its size, so batches still stack)."""
 
@@ -129,11 +132,7 @@ class RandomPointDropout(RandomizableTransform):
         ratio = self.R.uniform(0.0, self.max_ratio)
         self._drop = self.R.random_sample(0 if data is None else len(data)) < ratio
 
-    def __call__(self, points: np.ndarray, randomize: bool = True) -> np.ndarray:
-        if randomize:
-            self.randomize(points)
-        if not self._do_transform:
-            return points
+    def apply(self, points: np.ndarray) -> np.ndarray:
         out = points.copy()
         out[self._drop] = points[0]
         return out
@@ -156,5 +155,5 @@ def point_augmentation(up_axis: str = "z", normals: bool = False, scale: Optiona
     return Compose(steps)
 
 
-__all__ = ["RandomScalePoints", "rotation_about", "RandomRotateUp", "RandomJitterPoints", "RandomPointDropout",
+__all__ = ["RandomPointTransform", "RandomScalePoints", "rotation_about", "RandomRotateUp", "RandomJitterPoints", "RandomPointDropout",
            "point_augmentation"]

@@ -17,7 +17,6 @@ Every figure is printed beside chance or its baseline and its target; ``metrics.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,11 @@ from alignkit.core.metrics import class_embeddings, topk_accuracy, zero_shot_pre
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.results import results_table
 from alignkit.core.runner import CHECKPOINT_DIR, LAST_CHECKPOINT, train, write_metrics
+from alignkit.core.workdir import fresh, generated
 from alignkit.domains.pointcloud.evaluate import PointZeroShotEvaluator
 from alignkit.domains.pointcloud.prompts import MODELNET40_64
 from alignkit.domains.pointcloud.rgbd.synthetic import write_synthetic_scenes
 from alignkit.domains.pointcloud.synthetic import HELD_OUT_RELATIVES, TRAIN_CLASSES, write_synthetic_modelnet
-from alignkit.domains.pointcloud.ulip import ULIPModule  # noqa: F401  (registers the ulip model)
 
 CONFIGS = ("ulip_demo_stage1.yaml", "ulip_demo_stage2.yaml", "text4point_demo_pretrain.yaml",
            "text4point_demo_seg.yaml")
@@ -103,9 +102,7 @@ REPORTED: Tuple[Tuple[str, str, float], ...] = (
 
 
 def _train(name: str, overrides: Sequence[str], out: Path, size: DemoSize, config_dir: Path) -> Dict[str, Any]:
-    run = out / "runs" / Path(name).stem
-    if run.exists():  # a demo re-run starts over; the generated data and rendered views are kept
-        shutil.rmtree(run)
+    fresh(out / "runs" / Path(name).stem)  # a demo re-run starts over; the generated data and views are kept
     cfg = load_config(config_dir / name, [*overrides, *size.overrides.get(name, []), f"out_dir={out / 'runs'}",
                                           f"name={Path(name).stem}", f"trainer.max_steps={size.steps[name]}",
                                           "trainer.enable_progress_bar=false"])
@@ -147,10 +144,9 @@ def run_demo(out: Path, fast: bool = False, config: Optional[str | Path] = None)
     torch.manual_seed(0)
     metrics: Dict[str, float] = {}
 
-    meshes = out / "data" / "modelnet"
-    if not (meshes / "synthetic.json").is_file():
-        console.print(f"writing procedural ModelNet40-layout meshes to {meshes} ...")
-        write_synthetic_modelnet(meshes, size.per_class_train, size.per_class_test, seed=0)
+    meshes = generated(out / "data" / "modelnet", "synthetic.json", "procedural ModelNet40-layout meshes",
+                       lambda root: write_synthetic_modelnet(root, size.per_class_train, size.per_class_test, seed=0),
+                       console)
     cache = f"data.params.cache_dir={out / 'data' / 'cache'}"  # sampled clouds and views stay with the demo
     stage1 = _train(CONFIGS[0], [f"data.params.root={meshes}", cache], out, size, config_dir)
     metrics.update({f"stage1/{k}": v for k, v in stage1["metrics"].items()})
@@ -168,11 +164,10 @@ def run_demo(out: Path, fast: bool = False, config: Optional[str | Path] = None)
     metrics.update({f"held_out_vs_all/{k}": v for k, v in against_all.items()})
     metrics["demo/ulip_seconds"] = time.time() - start
 
-    scenes = out / "data" / "scenes"
-    if not (scenes / "classes.txt").is_file():
-        console.print(f"writing synthetic RGB-D scenes to {scenes} ...")
-        write_synthetic_scenes(scenes, num_scenes=size.scenes, frames_per_scene=size.frames, image_size=64, seed=0,
-                               split_fractions=(0.75, 0.0, 0.25))
+    scenes = generated(out / "data" / "scenes", "classes.txt", "synthetic RGB-D scenes",
+                       lambda root: write_synthetic_scenes(root, num_scenes=size.scenes, frames_per_scene=size.frames,
+                                                           image_size=64, seed=0, split_fractions=(0.75, 0.0, 0.25)),
+                       console)
     pre = _train(CONFIGS[2], [f"data.params.root={scenes}"], out, size, config_dir)
     metrics.update({f"text4point_pretrain/{k}": v for k, v in pre["metrics"].items()})
     seg = _train(CONFIGS[3], [f"data.params.root={scenes}",

@@ -27,7 +27,7 @@ from alignkit.core.config import configs_dir, load_config, to_plain
 from alignkit.core.registry import DATASETS, DEMOS
 from alignkit.core.results import results_table
 from alignkit.core.runner import train, write_metrics
-from alignkit.domains.medical.echo import encoders  # noqa: F401  (register the towers)
+from alignkit.core.workdir import fresh, generated
 from alignkit.domains.medical.echo.cli import print_interpretation
 from alignkit.domains.medical.echo.data import EchoStudyDataset
 from alignkit.domains.medical.echo.attention import ViewSectionAttention, train_section_attention
@@ -122,9 +122,7 @@ def fit_attention(module: EchoClipModule, train: StudySet, index: ReportIndex) -
 
 def _heldout_folder(dataset, study_id: str, out: Path) -> Path:
     """A folder with copies of one test study's videos (what a user hands to `alignkit interpret`)."""
-    folder = out / "heldout" / study_id
-    if folder.exists():
-        shutil.rmtree(folder)
+    folder = fresh(out / "heldout" / study_id)
     folder.mkdir(parents=True)
     study = next(s for s in dataset.studies if s.study_id == study_id)
     for video in study.videos:
@@ -137,12 +135,9 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     out = Path(out)
     t0 = time.time()
     console = Console()
-    data_root = out / "data"
-    if not (data_root / "studies.csv").is_file():
-        console.print(f"writing the synthetic echo archive to {data_root} ...")
-        write_synthetic_echo(data_root, seed=0, videos_per_study=4, **ARCHIVES[fast])
-    if (out / "run").exists():  # a re-run starts over; the generated data is kept
-        shutil.rmtree(out / "run")
+    data_root = generated(out / "data", "studies.csv", "the synthetic echo archive", lambda root: write_synthetic_echo(
+        root, seed=0, videos_per_study=4, **ARCHIVES[fast]), console)
+    fresh(out / "run")  # a re-run starts over; the generated data is kept
     overrides = [f"data.params.root={data_root}", f"out_dir={out}", "name=run", "eval=[]"]
     cfg = load_config(config or configs_dir() / "medical" / "echo_demo.yaml",
                       overrides + (FAST_OVERRIDES if fast else []))

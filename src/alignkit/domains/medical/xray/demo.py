@@ -12,7 +12,6 @@ method's run folder, ROC PNGs, ``benchx.md``/``.json``), ``gloria_attention/`` a
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from rich.table import Table
 from alignkit.core.config import configs_dir
 from alignkit.core.registry import DEMOS
 from alignkit.core.runner import write_metrics
+from alignkit.core.workdir import fresh, generated
 from alignkit.domains.medical.reports import split_sentences
 from alignkit.domains.medical.xray.bench.run import XRayBenchResult, run_xray_bench
 from alignkit.domains.medical.xray.bench.table import BenchTable
@@ -231,13 +231,12 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     out = Path(out)
     t0 = time.time()
     console = Console(width=140)
-    data_root = out / "data"
     num_studies = FAST_NUM_STUDIES if fast else NUM_STUDIES
-    if not (data_root / "mimic-cxr-2.0.0-metadata.csv").is_file():
-        console.print(f"writing a synthetic MIMIC-CXR-JPG archive of {num_studies} studies to {data_root} ...")
-        write_synthetic_mimic(data_root, num_studies, image_size=96, seed=0, split_fractions=SPLIT_FRACTIONS)
-    if (out / "bench").exists():  # a re-run starts over; the generated data is kept
-        shutil.rmtree(out / "bench")
+    data_root = generated(out / "data", "mimic-cxr-2.0.0-metadata.csv",
+                          f"a synthetic MIMIC-CXR-JPG archive of {num_studies} studies",
+                          lambda root: write_synthetic_mimic(root, num_studies, image_size=96, seed=0,
+                                                             split_fractions=SPLIT_FRACTIONS), console)
+    fresh(out / "bench")  # a re-run starts over; the generated data is kept
     overrides: Sequence[str] = [f'overrides=["data.params.root={data_root}"]', f"out_dir={out}", "name=bench",
                                 *(FAST_OVERRIDES if fast else [])]
     result = run_xray_bench(config or configs_dir() / "medical" / "bench" / "xray_demo.yaml", overrides,
