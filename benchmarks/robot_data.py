@@ -3,7 +3,7 @@
 Writes a synthetic LeRobot v3.0 dataset (``--episodes`` x ``--length`` frames, ``--cameras`` 64x64
 cameras, default codec libx264 with GOP ``--gop``), then measures
 
-- the loader: :class:`~alignkit.domains.robotics.dataset.LeRobotDataset` with a 4-frame window in a
+- the loader: :class:`~alignkit.domains.robotics.lerobot.reader.LeRobotDataset` with a 4-frame window in a
   DataLoader (batch ``--batch``, shuffled, i.e. random access) with 0, 1 and 2 workers, plus the
   sequential order with 0 workers; samples/s (windows) and images/s (decoded frames delivered =
   samples x window x cameras), after the first batch (worker start-up excluded);
@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from alignkit.core.data import collate_samples
-from alignkit.domains.robotics.dataset import LeRobotDataset
+from alignkit.core.collate import collate_samples
+from alignkit.domains.robotics.lerobot import LeRobotDataset
 from alignkit.domains.robotics.synthetic import write_synthetic_lerobot
 
 WINDOW, SIZE, STATE, ACTION, WIDTH = 4, 64, 8, 4, 64

@@ -11,8 +11,9 @@ from typing import Dict, List, Set
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-HEAVY = ("mujoco", "metaworld", "minigrid", "gymnasium", "av", "open3d", "trimesh", "pydicom", "imageio")
-"""Simulators, video and 3D libraries: only the domains that need them may import them."""
+HEAVY = ("mujoco", "metaworld", "minigrid", "gymnasium", "av", "open3d", "trimesh", "imageio")
+"""Simulators, video and 3D libraries: only the domains that need them may import them. (pydicom
+is not listed: MONAI, a core dependency, imports it itself when it is installed.)"""
 
 
 def module_files() -> Dict[str, Path]:

@@ -24,6 +24,9 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 _NONE = type(None)
+CONFIG_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
+"""What a YAML config value can be; other values (arrays, tensors, modules) come from Python code and are left to
+the constructor."""
 
 
 def closest(word: str, choices: Iterable[str]) -> Optional[str]:
@@ -110,6 +113,8 @@ def _problem(value: Any, annotation: Any) -> Optional[str]:
     """None if ``value`` fits ``annotation``, else what is wrong (a phrase)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation in (Any, inspect.Parameter.empty) or isinstance(annotation, (str, typing.TypeVar)):
+        return None
+    if not isinstance(value, CONFIG_TYPES):  # arrays, tensors, modules, paths given in Python: not a config value
         return None
     if origin is typing.Annotated:
         base, *extras = args

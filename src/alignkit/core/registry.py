@@ -38,6 +38,11 @@ def registry_index() -> Dict[str, Dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def indexed_names(kind: str) -> List[str]:
+    """The names of ``kind`` in the index, for a registry whose module is not imported (e.g. a help text)."""
+    return sorted(registry_index().get(kind, {}))
+
+
 _plugins_loaded = False
 
 

@@ -9,8 +9,8 @@ import pytest
 from alignkit.cli import main
 from alignkit.core.registry import ConfigError
 from alignkit.domains.robotics.cli import env_params
-from alignkit.domains.robotics.dataset import LeRobotDataset
 from alignkit.domains.robotics.envs import layout_seed
+from alignkit.domains.robotics.lerobot import LeRobotDataset
 
 NPZ = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "robotics" / "bridge_debug" / \
     "bridge_debug_train.npz"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from alignkit.domains.robotics.collect import CollectionReport, collect_demonstrations, write_demonstrations
-from alignkit.domains.robotics.dataset import LeRobotDataset
 from alignkit.domains.robotics.envs import EnvSpec, layout_seed
 from alignkit.domains.robotics.envs.instructions import METAWORLD_INSTRUCTIONS
+from alignkit.domains.robotics.lerobot import LeRobotDataset
 
 
 @pytest.mark.parametrize("task", ["reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "button-press-v3"])

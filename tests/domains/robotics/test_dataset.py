@@ -14,10 +14,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.registry import ConfigError
-from alignkit.domains.robotics.dataset import LeRobotDataset, LeRobotWriter, VideoFrameReader
+from alignkit.core.video import VideoFrameReader
 from alignkit.domains.robotics.episode import Episode, EpisodeError
+from alignkit.domains.robotics.lerobot import LeRobotDataset, LeRobotWriter
 
 H, W = 32, 48
 TASKS = ["pick up the red block", "open the drawer", "pick up the red block", "open the drawer"]
@@ -392,7 +393,7 @@ def test_writer_rejects_bad_input(tmp_path, episodes):
 
 
 def test_image_stats_equal_the_float_reference():
-    from alignkit.domains.robotics.dataset import feature_stats
+    from alignkit.domains.robotics.lerobot.stats import feature_stats
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (7, 12, 10, 3), dtype=np.uint8)

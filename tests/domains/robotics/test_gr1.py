@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.robotics.models.bc import LCBCModule
 from alignkit.domains.robotics.models.gr1 import GR1Module, gr1_attention_mask
 from alignkit.domains.robotics.models.perceiver import PerceiverResampler
-from alignkit.domains.robotics.policy import PolicyInputs
+from alignkit.domains.robotics.models.policy_module import PolicyInputs
 
 TINY_TEXT = {"name": "hf-text", "params": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
                                                       "num_attention_heads": 2, "intermediate_size": 64}}}

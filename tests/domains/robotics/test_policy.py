@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.core.registry import ConfigError
+from alignkit.domains.robotics.language_policy import LanguagePolicy
+from alignkit.domains.robotics.models.action_head import ActionHead, ActionPrediction
 from alignkit.domains.robotics.models.gr1 import GR1Module
-from alignkit.domains.robotics.policy import ActionHead, ActionPrediction, LanguagePolicy, PolicyInputs
+from alignkit.domains.robotics.models.policy_module import PolicyInputs
 from alignkit.domains.robotics.rollout import evaluate_policy
 
 TINY_TEXT = {"name": "hf-text", "params": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from alignkit.domains.robotics.dataset import LeRobotDataset
 from alignkit.domains.robotics.episode import EpisodeError
+from alignkit.domains.robotics.lerobot import LeRobotDataset
 from alignkit.domains.robotics.rlds import (BRIDGE_ACTION_NAMES, BRIDGE_STATE_NAMES, convert_rlds, crc32c,
                                             masked_crc32c, parse_example, read_rlds_episodes, read_tfrecord)
 
@@ -169,8 +169,6 @@ def test_gr1_action_loss_falls_on_the_converted_bridge_data(converted, tmp_path)
 
     from alignkit.core.config import configs_dir, load_config
     from alignkit.core.runner import train
-    from alignkit.plugins import load_all
-    load_all()
     small = ["model.params.image_encoder=voltron", "model.params.history=2", "model.params.width=64",
              "model.params.depth=2", "model.params.heads=4", "model.params.num_latents=4",
              "model.params.perceiver_depth=1", "model.params.perceiver_heads=2", "model.params.image_size=64",

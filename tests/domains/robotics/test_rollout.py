@@ -13,8 +13,7 @@ from alignkit.core.registry import ConfigError
 from alignkit.domains.robotics.envs import EnvSpec, layout_seed
 from alignkit.domains.robotics.envs.babyai import SYMBOLIC_SCALE
 from alignkit.domains.robotics.rollout import (RandomPolicy, Rollouts, SuccessRate, evaluate_chains, evaluate_policy,
-                                               wilson_interval)
-from alignkit.domains.robotics.video import write_video
+                                               wilson_interval, write_rollout_video as write_video)
 
 BABYAI = EnvSpec("babyai")
 

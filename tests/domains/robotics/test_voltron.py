@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from alignkit.core.data import collate_samples
+from alignkit.core.collate import collate_samples
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError
+from alignkit.domains.robotics.models.patches import (normalize_patches, patch_mse, patchify, random_patch_mask,
+                                                      sincos_position_embedding)
 from alignkit.domains.robotics.models.voltron import (VoltronEncoder, VoltronModule, load_voltron_encoder,
-                                                      next_token_loss, normalize_patches, patch_mse, patchify,
-                                                      prefix_lm_mask, random_patch_mask, sincos_position_embedding)
+                                                      next_token_loss, prefix_lm_mask)
 
 # a randomly initialised one-layer BERT with the packaged MiniLM tokenizer: fast, for everything but export
 TINY_TEXT = {"name": "hf-text", "params": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,

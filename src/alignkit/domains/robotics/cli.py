@@ -48,7 +48,8 @@ def run_convert_rlds(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     from alignkit.domains.robotics.collect import write_demonstrations
-    spec = {"name": args.env, **env_params(args.set)}
+    # `alignkit` hands the key=value items (after --set or bare) to a command as args.overrides
+    spec = {"name": args.env, **env_params([*args.set, *getattr(args, "overrides", [])])}
     report = write_demonstrations(spec, args.dst, n=args.n, seed=args.seed, success_only=not args.keep_failures,
                                   progress=not args.quiet, codec=args.codec)
     print(report.summary())
@@ -57,7 +58,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("convert")
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    from alignkit.domains.robotics.dataset import VIDEO_CODECS
+    from alignkit.core.video import VIDEO_CODECS
     from alignkit.domains.robotics.rlds import BRIDGE_CAMERAS, BRIDGE_FPS
     sp = sub.add_parser("convert", help="convert episodes from another format to the LeRobot v3.0 layout")
     formats = sp.add_subparsers(dest="format", required=True)
@@ -76,10 +77,10 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
 
 @COMMANDS.register("collect")
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:
-    from alignkit.domains.robotics.dataset import VIDEO_CODECS
-    from alignkit.domains.robotics.envs import ENVS
+    from alignkit.core.registry import indexed_names
+    from alignkit.core.video import VIDEO_CODECS
     sp = sub.add_parser("collect", help="roll a simulator's scripted expert and write a LeRobot v3.0 dataset")
-    sp.add_argument("env", help=f"registered env: {', '.join(ENVS.names())}")
+    sp.add_argument("env", help=f"registered env: {', '.join(indexed_names('environment'))}")
     sp.add_argument("dst", type=Path, help="the new LeRobot dataset folder (must be new or empty)")
     sp.add_argument("-n", type=int, default=30, help="demonstrations per task (default 30)")
     sp.add_argument("--seed", type=int, default=0, help="base seed: attempt k is laid out from the train seed "
@@ -89,4 +90,4 @@ def add_collect_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
                     help="env constructor keywords, e.g. tasks=[reach-v3,push-v3] or levels=BabyAI-PickupLoc-v0")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
-    sp.set_defaults(func=run_collect)
+    sp.set_defaults(func=run_collect, takes_overrides=True)

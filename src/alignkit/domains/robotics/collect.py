@@ -17,9 +17,9 @@ from typing import Dict, Iterator, List, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from alignkit.domains.robotics.dataset import LeRobotWriter
 from alignkit.domains.robotics.envs.base import LanguageEnv, SpecLike, as_env_spec, layout_seed
 from alignkit.domains.robotics.episode import Episode
+from alignkit.domains.robotics.lerobot import LeRobotWriter
 
 
 def expert_episodes(env: LanguageEnv, task: str, seed: int, source: str) -> List[Episode]:

@@ -42,7 +42,7 @@ from alignkit.core.results import results_table
 from alignkit.core.registry import DEMOS
 from alignkit.core.runner import config_threads, train, write_metrics
 from alignkit.domains.robotics.collect import write_demonstrations
-from alignkit.domains.robotics.policy import LanguagePolicy
+from alignkit.domains.robotics.language_policy import LanguagePolicy
 from alignkit.domains.robotics.rollout import RandomPolicy, RolloutResult, Rollouts
 
 BABYAI_LEVEL = "BabyAI-PickupLoc-v0"
@@ -70,7 +70,7 @@ FULL = DemoSize(babyai_demos=5000, metaworld_demos=30, babyai_episodes=200, meta
                                  "demo_babyai_lcbc.yaml": 800, "demo_metaworld_voltron.yaml": 200,
                                  "demo_metaworld_gr1.yaml": 1500, "demo_metaworld_lcbc.yaml": 800})
 # --fast: fewer demonstrations, steps and episodes than FULL, except BabyAI's Voltron, which keeps its 300 steps:
-# GR-1 needs patch embeddings that show what is in a cell (see the GR-1 docstring)
+# GR-1 needs patch embeddings that show what is in a cell (docs/robotics.md, "GR-1 on BabyAI")
 FAST = DemoSize(babyai_demos=1500, metaworld_demos=10, babyai_episodes=100, metaworld_episodes=10, chains=10, videos=1,
                 steps={"demo_babyai_voltron.yaml": 300, "demo_babyai_gr1.yaml": 1600, "demo_babyai_lcbc.yaml": 150,
                        "demo_metaworld_voltron.yaml": 40, "demo_metaworld_gr1.yaml": 500,

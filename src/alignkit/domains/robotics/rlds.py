@@ -23,7 +23,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from PIL import Image
 
-from alignkit.domains.robotics.dataset import LeRobotWriter
 from alignkit.domains.robotics.episode import Episode, EpisodeError
 
 PathLike = Union[str, Path]
@@ -280,7 +279,7 @@ def convert_rlds(src: PathLike, dst: PathLike, fps: int = BRIDGE_FPS, cameras: S
     Every step is kept: camera ``c`` -> ``observation.images.c``, ``observation/state`` ->
     ``observation.state`` (dimension names ``state_names``), ``action`` (``action_names``), the
     instruction -> the episode's task, ``reward``/``discount`` -> extra features. ``codec="libx264rgb"``
-    stores the frames losslessly (see :mod:`alignkit.domains.robotics.dataset`). Bad episodes raise, or
+    stores the frames losslessly (see :mod:`alignkit.domains.robotics.lerobot.writer`). Bad episodes raise, or
     are skipped and reported with ``skip_bad``. ``progress`` shows a tqdm bar.
     """
     skipped: List[Tuple[str, str]] = []
@@ -291,6 +290,7 @@ def convert_rlds(src: PathLike, dst: PathLike, fps: int = BRIDGE_FPS, cameras: S
     if progress:
         from tqdm.auto import tqdm
         episodes = iter(tqdm(episodes, desc=f"convert {Path(src).name}", unit="episode"))
+    from alignkit.domains.robotics.lerobot.writer import LeRobotWriter  # pyarrow and torch: only when writing
     with LeRobotWriter(dst, fps=fps, robot_type=robot_type, features=features, codec=codec) as writer:
         for episode in episodes:
             try:

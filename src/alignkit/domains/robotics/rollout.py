@@ -1,7 +1,7 @@
 """Policy evaluation by simulator rollouts: N episodes in parallel in gymnasium vector envs.
 
 A policy is any object with ``reset(instructions, env_ids=None)`` and ``act(obs_batch) -> actions``
-(the interface of :class:`alignkit.domains.robotics.policy.LanguagePolicy`):
+(the interface of :class:`alignkit.domains.robotics.language_policy.LanguagePolicy`):
 
 - ``reset(instructions)`` with a list of ``N`` strings starts new episodes in all ``N`` slots of the
   batch (an idle slot gets ``""``); ``reset(instructions, env_ids)`` starts them only in the listed
@@ -20,7 +20,9 @@ history gets the same outcomes with 1 or N envs. Episode ``k`` of each task is l
 Success rates come with Wilson 95% intervals per task and overall. ``instruction_override="shuffled"``
 gives each episode another episode's instruction (a derangement of the true ones), a fixed string
 gives every episode that string; :class:`RandomPolicy` is the random baseline. CALVIN-style chains
-(:meth:`Rollouts.chains`) report the average number of instructions completed in a row.
+(:meth:`Rollouts.chains`) report the average number of instructions completed in a row. With a ``video_dir``,
+the first episodes of each task are written as ``.mp4`` (H.264, yuv420p, crf 18) or ``.gif``
+(:func:`write_rollout_video`).
 """
 from __future__ import annotations
 
@@ -37,12 +39,14 @@ import gymnasium as gym
 import numpy as np
 
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.video import write_video
 from alignkit.domains.robotics.envs.base import EnvSpec, LanguageEnv, SpecLike, as_env_spec, layout_seed
-from alignkit.domains.robotics.video import write_video
 
 VECTOR_KINDS = ("sync", "async")
 VIDEO_MAX_FPS = 20  # Meta-World runs at 80 steps/s: slower playback shows what the arm does
 VIDEO_SIZE = 256  # rollout videos are upscaled (nearest neighbour) to about this many pixels
+VIDEO_FORMATS = (".mp4", ".gif")
+VIDEO_GOP = 250  # frames between keyframes of rollout MP4s: x264's default (videos are watched, not seeked)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -137,6 +141,16 @@ class ChainResult:
     episodes: List[EpisodeOutcome]
     seconds: float
     videos: List[Path] = field(default_factory=list)
+
+
+def write_rollout_video(path: Union[str, Path], frames: np.ndarray, fps: int = 10, scale: int = 1) -> Path:
+    """Write an episode's uint8 ``(T, H, W, 3)`` ``frames`` to ``path`` and return it: ``.mp4`` (H.264, yuv420p,
+    crf 18, odd sizes padded) or ``.gif`` (imageio), each pixel repeated ``scale`` times along H and W
+    (:func:`alignkit.core.video.write_video`). ValueError for another suffix or for invalid frames."""
+    path = Path(path)
+    if path.suffix not in VIDEO_FORMATS:
+        raise ValueError(f"write_rollout_video: {path} must end in one of {', '.join(VIDEO_FORMATS)}")
+    return write_video(path, frames, fps=fps, scale=scale, codec="libx264", crf=18, gop=VIDEO_GOP)
 
 
 # --------------------------------------------------------------------------- policies
@@ -407,9 +421,8 @@ class Rollouts:
     def _next_job(self, pending: List[Tuple[int, _Job]], slot: int) -> Tuple[int, _Job]:
         """Remove and return the first pending job of the task ``slot`` ran last, else the first pending job.
 
-        A slot's environment builds one simulator per task it meets (Meta-World: ~0.75 s each), so keeping a
-        slot on one task builds about ``num_envs`` simulators instead of ``num_envs x tasks``; outcomes do not
-        depend on which slot runs a job."""
+        A slot's environment builds one simulator per task it meets, so keeping a slot on one task builds about
+        ``num_envs`` simulators instead of ``num_envs x tasks``; outcomes do not depend on which slot runs a job."""
         last = self._slot_task.get(slot)
         at = next((i for i, (_, job) in enumerate(pending) if job.task == last), 0)
         index, job = pending.pop(at)
@@ -419,8 +432,8 @@ class Rollouts:
     def _finish(self, run: _Running, success: bool, completed: int) -> EpisodeOutcome:
         video = None
         if run.job.video is not None:
-            video = write_video(run.job.video, np.stack(run.frames), fps=min(self.env.fps, VIDEO_MAX_FPS),
-                                scale=max(1, VIDEO_SIZE // self.env.image_size))
+            video = write_rollout_video(run.job.video, np.stack(run.frames), fps=min(self.env.fps, VIDEO_MAX_FPS),
+                                        scale=max(1, VIDEO_SIZE // self.env.image_size))
         return EpisodeOutcome(run.job.task, run.job.seed, run.instruction, run.true_instruction, success,
                               run.steps, completed, video)
 

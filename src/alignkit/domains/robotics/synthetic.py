@@ -14,8 +14,8 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
-from alignkit.domains.robotics.dataset import LeRobotWriter
 from alignkit.domains.robotics.episode import Episode
+from alignkit.domains.robotics.lerobot import LeRobotWriter
 
 
 def synthetic_episodes(n: int, length: int, cameras: Sequence[str] = ("cam0",), image_size: int = 64,

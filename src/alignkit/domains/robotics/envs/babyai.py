@@ -6,10 +6,9 @@ square, in one of two encodings:
 - ``"symbolic"`` (default): each cell's ``(object, colour, state)`` indices, scaled to span 0..255 per
   channel (``object * 25``, ``colour * 51``, ``state * 127``), painted as a flat ``cell_pixels``-square
   block. A patch of ``cell_pixels`` is exactly one cell, so a linear patch embedding reads object and
-  colour directly and a small transformer learns PickupLoc in minutes on a CPU; flat blocks survive the
-  lossy video codec of a LeRobot dataset, and encoding costs ~0.07 ms per frame.
-- ``"rgb"``: Minigrid's own rendering of the view (``tile_size = cell_pixels``, ~0.2 ms per frame);
-  closer to pixels from a camera, slower to learn from.
+  colour directly; flat blocks survive the lossy video codec of a LeRobot dataset.
+- ``"rgb"``: Minigrid's own rendering of the view (``tile_size = cell_pixels``); closer to pixels from a
+  camera, slower to encode and to learn from (figures in ``docs/robotics.md``).
 
 State: the agent's heading one-hot (4) and its grid position divided by the grid size minus one (2).
 Actions: ``Discrete(7)`` (left, right, forward, pickup, drop, toggle, done), stored in episodes as ``(1,)``.
@@ -109,7 +108,7 @@ class BabyAIEnv(_BabyAIBase):
 
     ``max_steps`` fixes every level's step limit (64 is PickupLoc's own; multi-room levels need more).
     Success is the level's own verdict (its instruction verifier). GoToLocal counts facing the target as
-    success, which a random policy reaches 25% of the time: PickupLoc is the better language test.
+    success, which a random policy often reaches (``docs/robotics.md``): PickupLoc is the better language test.
     """
 
     def __init__(self, levels: Union[str, List[str]] = "BabyAI-PickupLoc-v0", image_mode: str = "symbolic",

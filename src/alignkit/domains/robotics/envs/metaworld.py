@@ -1,18 +1,17 @@
 """Meta-World v3 (MuJoCo) as a :class:`LanguageEnv`: one task, MT10, MT50 or any task list, rendered on CPU.
 
-Each task keeps one simulator (``gym.make`` costs ~0.7 s, so simulators are built once, on first use,
-and reused across episodes). Layouts: Meta-World ignores ``reset(seed=...)``, and its benchmarks pick
-among 50 preset layouts per task; here the unwrapped env draws a fresh layout (object and goal
-positions, ``_last_rand_vec``) from its own generator, seeded with the episode's seed through
-``seeded_rand_vec``, so an episode's layout is a function of its seed and train/test layouts are kept
-apart by :func:`~alignkit.domains.robotics.envs.base.layout_seed`. Tasks that share a scene (reach,
-push and pick-place) get the same object and goal layout for the same seed, so only the instruction
-tells them apart.
+Each task keeps one simulator, built on first use (``gym.make`` is slow) and reused across episodes.
+Layouts: Meta-World ignores ``reset(seed=...)``, and its benchmarks pick among 50 preset layouts per task;
+here the unwrapped env draws a fresh layout (object and goal positions, ``_last_rand_vec``) from its own
+generator, seeded with the episode's seed through ``seeded_rand_vec``, so an episode's layout is a function
+of its seed and train/test layouts are kept apart by :func:`~alignkit.domains.robotics.envs.base.layout_seed`.
+Tasks that share a scene (reach, push and pick-place) get the same object and goal layout for the same seed,
+so only the instruction tells them apart.
 
 Observations: ``state`` is the 39-d observation (hand xyz, gripper opening, object poses, the previous
 frame's 18 values and the goal xyz), or the ``state_indices`` subset; ``images`` are rendered with
 ``mujoco.Renderer`` without shadows, reflections, skybox and (unless ``antialias``) multisampling, which
-brings a 64x64 frame from ~13 ms to ~5 ms on one CPU core under OSMesa. The scripted policies of
+more than halves a frame's CPU rendering time under OSMesa (``docs/robotics.md``). The scripted policies of
 ``metaworld.policies`` are the experts; episodes end on success or after ``max_steps`` steps.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Robotics models: Voltron representations (``voltron``), the GR-1 policy (``gr1``), the language-conditioned
-behaviour-cloning baseline (``bc``) and their attention blocks (``perceiver``).
+behaviour-cloning baseline (``bc``), the policies' shared pieces (``action_head``, ``policy_module``, ``inputs``,
+``patches``) and their attention blocks (``perceiver``).
 
 Importing ``voltron``, ``gr1`` and ``bc`` registers ``MODELS`` ``"voltron"``, ``"gr1"``, ``"lcbc"`` and
-``ENCODERS`` ``"voltron"``, ``"voltron-pretrained"`` (the domain package imports them).
+``ENCODERS`` ``"voltron"``, ``"voltron-pretrained"`` (the registries import them when a config names them).
 """

@@ -4,7 +4,7 @@
 
 with ``v_{c,n}`` the patch features of the same frozen image encoder as GR-1 and the same frozen instruction
 embedding; no history, no perceiver, no frame prediction. Losses and decoding are GR-1's
-(:class:`~alignkit.domains.robotics.policy.ActionHead`).
+(:class:`~alignkit.domains.robotics.models.action_head.ActionHead`).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from alignkit.core.encoders import MLPHead
+from alignkit.core.encoders.heads import MLPHead
 from alignkit.core.registry import MODELS
-from alignkit.domains.robotics.models.voltron import TextSpec, check_model_section
-from alignkit.domains.robotics.policy import (ActionHead, EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput,
-                                              Stats, plain_stats)
+from alignkit.domains.robotics.models.action_head import ActionHead, Stats, plain_stats
+from alignkit.domains.robotics.models.inputs import TextSpec, check_model_section
+from alignkit.domains.robotics.models.policy_module import EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput
 
 
 @MODELS.register("lcbc")

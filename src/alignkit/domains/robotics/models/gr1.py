@@ -13,37 +13,21 @@ tower with ``forward_tokens``) mapped to ``width`` by a per-patch 2-layer MLP an
 Attention (:func:`gr1_attention_mask`): every token of step ``t`` sees the observation tokens (instruction,
 state, image) of the valid steps ``<= t``; queries are seen by nobody else; padded history steps are hidden.
 
-Three changes to GR-1 for frozen features of a briefly pretrained encoder on a CPU: the per-patch MLP instead of
-GR-1's linear projection; (``instruction_queries``) resampler latents offset by the projected instruction, ``z_0 =
-Z + W_q l``, so that they pool the patches the instruction asks about; and, since the resampler is blind to the
-order of its inputs and a frozen MAE-style encoder need not keep where a patch lies (its decoder adds positions
-again), ``patch_positions``, which adds a fixed 2-D sine-cosine embedding to the projected patch tokens:
-instructions such as "the ball on your left" are about position. On BabyAI PickupLoc (bot demonstrations, frozen
-V-Cond patch features, 1 thread, 100 test layouts, greedy actions) what decided success was what the features keep
-and how long GR-1 trains. Reading the encoder's last layer, GR-1 with a one-step history never beats the majority
-action and with four steps succeeds in 17% of layouts after 1,500 steps (random 14%); reading its patch embeddings
-(``feature_layer: 0`` of ``voltron-pretrained``) it does far better, provided the encoder was pretrained long enough
-for those embeddings to show what is in a cell. After 60 V-Cond steps the embeddings vary less with a cell's
-content than with its position (root mean square over the 49 patches of 1,821 frames: content 2.1, the encoder's
-position embedding 2.2; after 300 steps 3.6 and 2.5), and GR-1 turns towards the named object only after 1,400
-to >2,000 steps, by seed (5-11% success after 1,500 steps of a 1,500-step schedule). With the 300-step encoder
-(5,000 demonstrations) its held-out action accuracy jumps at ~500 steps in both seeds tried, and greedy success
-is 31-32% after 800 steps and 55% after 1,500.
+Changes to GR-1 for frozen features of a briefly pretrained encoder on a CPU (what they were measured to do
+on BabyAI and Meta-World is in ``docs/robotics.md``):
 
-``patch_positions: learned`` gives each patch a trained vector instead. With the 60-step encoder it taught the
-decision to pick up (the target one cell ahead) in 500 steps instead of >1,000, but not the turn towards a target
-in view (success 16% after 800 steps, 21% after 1,500); FiLM-conditioned patch tokens did the same.
+- the per-patch MLP instead of GR-1's linear projection, with its input multiplied by ``feature_scale``;
+- ``instruction_queries``: resampler latents offset by the projected instruction, ``z_0 = Z + W_q l``, so that
+  they pool the patches the instruction asks about;
+- ``patch_positions``: the resampler is blind to the order of its inputs and a frozen MAE-style encoder need
+  not keep where a patch lies (its decoder adds positions again), so a position embedding is added to the
+  projected patch tokens: a fixed 2-D sine-cosine one (``"sincos"``) or one trained vector per patch
+  (``"learned"``). Instructions such as "the ball on your left" are about position.
 
-``feature_scale`` multiplies the frozen features before the per-patch MLP, which learns faster from inputs of a
-larger scale (as if its first layer had a larger learning rate and initialisation). On 1,500 BabyAI
-demonstrations and a 300-step encoder, 1,600 steps with ``feature_scale: 2`` gave 59%, 57% and 49% for seeds 0, 1
-and 2 (shuffled instruction 11-14%) against 46%, 59% and 33% with 1 (shuffled 8%, 12% and 15%); a scale of 4, or a
-LayerNorm on the features instead, did not help (seed 2).
-
-Heads: [ACT] -> :class:`~alignkit.domains.robotics.policy.ActionHead` (smooth L1 arm, BCE gripper, or
-cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
+Heads: [ACT] -> :class:`~alignkit.domains.robotics.models.action_head.ActionHead` (smooth L1 arm, BCE gripper,
+or cross-entropy for discrete actions). [OBS] -> future-frame prediction as in GR-1: the ``Q`` outputs and one
 mask token per patch (with 2-D sine-cosine positions) pass a small transformer decoder that predicts the
-pixels of every patch of frame ``t + frame_offset`` (:func:`~alignkit.domains.robotics.models.voltron.patch_mse`
+pixels of every patch of frame ``t + frame_offset`` (:func:`~alignkit.domains.robotics.models.patches.patch_mse`
 on target patches standardised when ``norm_pixel_loss``, over steps whose own and target frames are valid).
 
     L = L_act + frame_weight * L_frame       (objective "policy")
@@ -63,13 +47,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from alignkit.core.encoders import MLPHead
-from alignkit.core.registry import MODELS, ConfigError, check_choice
+from alignkit.core.encoders.heads import MLPHead
+from alignkit.core.params import check_choice
+from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.robotics.models.perceiver import PerceiverResampler, Transformer
-from alignkit.domains.robotics.models.voltron import (TextSpec, check_model_section, normalize_patches, patch_mse,
-                                                      patchify, sincos_position_embedding)
-from alignkit.domains.robotics.policy import (ActionHead, EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput,
-                                              Stats, plain_stats)
+from alignkit.domains.robotics.models.action_head import ActionHead, Stats, plain_stats
+from alignkit.domains.robotics.models.inputs import TextSpec, check_model_section
+from alignkit.domains.robotics.models.patches import normalize_patches, patch_mse, patchify, sincos_position_embedding
+from alignkit.domains.robotics.models.policy_module import EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput
 
 OBJECTIVES = ("policy", "video")
 PATCH_POSITIONS = ("sincos", "learned", "none")
@@ -101,12 +86,13 @@ class GR1Module(PolicyModule):
             ``{"name": "voltron-pretrained", "params": {"path": ...}}`` for a pretrained export).
         freeze_image_encoder: keep it frozen (GR-1) or fine-tune it.
         feature_cache: compute each training frame's frozen features once (see
-            :meth:`~alignkit.domains.robotics.policy.PolicyModule.image_tokens`); ~3x faster steps on CPU.
+            :meth:`~alignkit.domains.robotics.models.policy_module.PolicyModule.image_tokens`).
         condition_features: feed the instruction to a Voltron encoder when extracting features.
         text_encoder: frozen core text encoder of the instruction.
         state_dim: ``S`` of ``observation.state`` (0: no state token).
         action_dim, num_actions, gripper_dims, gripper_threshold, gripper_values, stats: see
-            :class:`~alignkit.domains.robotics.policy.ActionHead` (``stats`` also standardises the state).
+            :class:`~alignkit.domains.robotics.models.action_head.ActionHead` (``stats`` also standardises the
+            state).
         history: the number of steps the policy reads (dataset ``window``).
         width, depth, heads, mlp_ratio, dropout: the causal transformer.
         num_latents, perceiver_depth, perceiver_heads: the resampler (``K = num_latents`` tokens per camera).
@@ -126,10 +112,10 @@ class GR1Module(PolicyModule):
         norm_pixel_loss: standardise each target patch (MAE); leave it off for images of flat cells (BabyAI's
             symbolic view), whose standardised patches are all zero.
         arm_weight, gripper_weight, frame_weight: loss weights.
-        optim: see :func:`~alignkit.domains.robotics.models.voltron.configure_adamw`.
-        model: the config's model section (see :func:`~alignkit.domains.robotics.models.voltron.check_model_section`).
+        optim: see :func:`alignkit.core.optim.configure_adamw` (betas (0.9, 0.95) and eps 1e-8 unless set).
+        model: the config's model section (see :func:`~alignkit.domains.robotics.models.inputs.check_model_section`).
             Without ``stats``, a fit from a config takes them from the training dataset
-            (:meth:`~alignkit.domains.robotics.policy.PolicyModule.setup`).
+            (:meth:`~alignkit.domains.robotics.models.policy_module.PolicyModule.setup`).
     """
 
     def __init__(self, cameras: Sequence[str] = ("image",), image_encoder: EncoderSpec = "voltron",

@@ -13,9 +13,10 @@ small decoder reconstructs the pixels of the dropped ones.
   token embeddings under a prefix mask (patches see patches; token ``l`` sees all patches and tokens ``<= l``)
   and predict token ``l + 1``.
 
-Loss: ``L = L_rec + lm_weight * L_lm`` with ``L_rec`` the mean over frames of :func:`patch_mse` between the
-decoder's prediction and the per-patch normalised target pixels on the masked patches, and ``L_lm`` the
-next-token cross-entropy of the generation examples (:func:`next_token_loss`; zero for ``v-cond``/``v-dual``).
+Loss: ``L = L_rec + lm_weight * L_lm`` with ``L_rec`` the mean over frames of
+:func:`~alignkit.domains.robotics.models.patches.patch_mse` between the decoder's prediction and the per-patch
+normalised target pixels on the masked patches, and ``L_lm`` the next-token cross-entropy of the generation
+examples (:func:`next_token_loss`; zero for ``v-cond``/``v-dual``).
 
 Downstream, :meth:`VoltronEncoder.extract_features` gives ``(B, N, C)`` patch features of unmasked frames
 (optionally conditioned on an instruction); :meth:`VoltronEncoder.export` writes them as safetensors for
@@ -41,80 +42,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from alignkit.core.encoders import build_encoder, freeze
-from alignkit.core.optim import warmup_cosine
-from alignkit.core.registry import ENCODERS, MODELS, ConfigError, check_choice
+from alignkit.core.optim import configure_adamw
+from alignkit.core.params import check_choice
+from alignkit.core.registry import ENCODERS, MODELS, ConfigError
+from alignkit.domains.robotics.models.inputs import TextSpec, camera_frames, check_model_section, frozen_text_tower
+from alignkit.domains.robotics.models.patches import (normalize_patches, patch_mse, patchify, random_patch_mask,
+                                                      sincos_position_embedding)
 from alignkit.domains.robotics.models.perceiver import Transformer
 
 VARIANTS = ("v-cond", "v-dual", "v-gen")
-IMAGE_KEY_PREFIX = "observation.images."
 EXPORT_FORMAT = "alignkit-voltron-encoder"
-TextSpec = Union[str, Mapping[str, Any]]
 
 
-# =========================================================================== MAE pieces (shared with GR-1)
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """``(..., C, H, W) -> (..., N, p * p * C)``: row-major ``p x p`` patches (``N = H W / p^2``), each flattened
-    in ``(p_row, p_col, C)`` order."""
-    *lead, c, h, w = images.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
-    x = images.reshape(*lead, c, h // p, p, w // p, p)
-    x = x.movedim(-5, -1)  # (..., h/p, p, w/p, p, C)
-    x = x.transpose(-4, -3)  # (..., h/p, w/p, p, p, C)
-    return x.reshape(*lead, (h // p) * (w // p), p * p * c)
-
-
-def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
-    """Per-patch standardisation of MAE targets: ``(x - mean(x)) / sqrt(var(x) + eps)`` over the last dim
-    (unbiased variance)."""
-    mean = patches.mean(-1, keepdim=True)
-    var = patches.var(-1, unbiased=True, keepdim=True)
-    return (patches - mean) / (var + eps).sqrt()
-
-
-def patch_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Masked-patch pixel loss ``sum_n w_n * mean_d (pred_nd - target_nd)^2 / sum_n w_n``.
-
-    ``pred``, ``target``: ``(..., N, D)``; ``weight``: ``(..., N)`` 0/1 (1 on the patches that count: the masked ones
-    for MAE, the valid steps for frame prediction). Zero when no weight is positive."""
-    per_patch = (pred - target).pow(2).mean(-1)
-    w = weight.to(per_patch.dtype)
-    return (per_patch * w).sum() / w.sum().clamp_min(1.0)
-
-
-def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> Tensor:
-    """Fixed 2-D sine-cosine embedding ``(grid_h * grid_w, dim)`` in row-major order: the first half of the
-    channels encodes the row, the second the column, each as ``[sin(pos * w_k), cos(pos * w_k)]`` with
-    ``w_k = 10000^(-k / (dim / 4))``, ``k < dim / 4``."""
-    if dim % 4:
-        raise ConfigError(f"the 2-D sine-cosine position embedding needs a width divisible by 4; got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
-                                indexing="ij")
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
-
-
-def random_patch_mask(batch: int, num_patches: int, mask_ratio: float,
-                      device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
-    """Per-sample random masking: ``keep`` ``(B, n_keep)`` indices of the visible patches (ascending) and ``mask``
-    ``(B, N)`` bool, True on the ``N - n_keep`` masked patches, with ``n_keep = int(N * (1 - mask_ratio))``."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ConfigError(f"mask_ratio must be in [0, 1); got {mask_ratio}")
-    n_keep = max(1, int(num_patches * (1.0 - mask_ratio)))
-    order = torch.rand(batch, num_patches, device=device).argsort(dim=1)
-    keep = order[:, :n_keep].sort(dim=1).values
-    mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
-    mask.scatter_(1, keep, False)
-    return keep, mask
-
-
+# =========================================================================== caption generation (V-Gen)
 def next_token_loss(logits: Tensor, ids: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
     """Caption generation loss: position ``l`` predicts token ``l + 1``.
 
@@ -128,50 +68,19 @@ def next_token_loss(logits: Tensor, ids: Tensor, mask: Tensor, weight: Tensor) -
     return (per_example * w).sum() / w.sum().clamp_min(1e-8)
 
 
-# =========================================================================== optimiser (shared with the policies)
-def configure_adamw(module: L.LightningModule, optim: Mapping[str, Any]) -> Dict[str, Any]:
-    """AdamW over the trainable parameters (no weight decay on tensors with fewer than 2 dims: biases, norms,
-    learned tokens) with linear warm-up then cosine decay over the run's optimiser steps
-    (:func:`alignkit.core.module.warmup_cosine`). ``optim`` keys: ``lr`` (1e-3), ``weight_decay`` (0.05),
-    ``betas`` ((0.9, 0.95)), ``eps`` (1e-8), ``warmup_steps`` (0), ``min_lr_ratio`` (0.0)."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(optim.get("weight_decay", 0.05))},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=float(optim.get("lr", 1e-3)), betas=tuple(optim.get("betas", (0.9, 0.95))),
-                            eps=float(optim.get("eps", 1e-8)))
-    total = int(module.trainer.estimated_stepping_batches) if module._trainer is not None else 1
-    warm, min_ratio = int(optim.get("warmup_steps", 0)), float(optim.get("min_lr_ratio", 0.0))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total, min_ratio))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def check_model_section(model: Optional[Mapping[str, Any]], name: str) -> None:
-    """The runner hands every model its config's ``model`` section besides ``name`` and ``params``
-    (``embed_dim``, ``towers``, ``objectives``, ``ema``); the robotics models are configured by ``model.params``
-    alone, so towers or objectives there are a mistake and raise :class:`ConfigError`."""
-    if model and (model.get("towers") or model.get("objectives") or (model.get("ema") or {}).get("enabled")):
-        raise ConfigError(f"model '{name}' is configured by model.params only; remove model.towers, "
-                          f"model.objectives and model.ema from its config")
-
-
-def frozen_text_tower(spec: TextSpec) -> nn.Module:
-    """A frozen core text encoder (``ENCODERS`` name or ``{"name", "params"}``) that memoises per-string outputs."""
-    return freeze(build_encoder(spec, where="text_encoder", cache=True))
-
-
-def camera_frames(batch: Mapping[str, Any], cameras: Optional[Sequence[str]]) -> Dict[str, Tensor]:
-    """``{camera: (B, T, C, H, W)}`` from the ``observation.images.<camera>`` keys of a dataset batch (all of
-    them when ``cameras`` is None); a missing camera raises naming the keys present."""
-    present = sorted(k[len(IMAGE_KEY_PREFIX):] for k in batch if k.startswith(IMAGE_KEY_PREFIX))
-    wanted = list(cameras) if cameras else present
-    missing = [c for c in wanted if c not in present]
-    if missing or not wanted:
-        raise KeyError(f"batch lacks image keys {[IMAGE_KEY_PREFIX + c for c in missing] or '(any)'}; it has "
-                       f"cameras {present}: set cameras to some of these")
-    return {c: batch[IMAGE_KEY_PREFIX + c] for c in wanted}
+def prefix_lm_mask(num_prefix: int, token_mask: Tensor) -> Tensor:
+    """``(B, P + L, P + L)`` bool attention mask of a prefix language model: the ``P`` prefix positions see each
+    other only; token ``l`` sees the prefix and the real tokens ``<= l``. ``token_mask`` ``(B, L)``: True at real
+    tokens."""
+    b, length = token_mask.shape
+    total = num_prefix + length
+    allowed = torch.zeros(total, total, dtype=torch.bool, device=token_mask.device)
+    allowed[:num_prefix, :num_prefix] = True
+    allowed[num_prefix:, :num_prefix] = True
+    allowed[num_prefix:, num_prefix:] = torch.ones(length, length, dtype=torch.bool,
+                                                   device=token_mask.device).tril()
+    keys = torch.cat([token_mask.new_ones(b, num_prefix, dtype=torch.bool), token_mask.bool()], dim=1)
+    return allowed[None] & keys[:, None, :]
 
 
 # =========================================================================== encoder
@@ -192,8 +101,7 @@ class VoltronEncoder(nn.Module):
 
     ``feature_layer`` (None: the last, normed) makes :meth:`extract_features` return the tokens after that many
     blocks (0: the patch embeddings with positions). A briefly pretrained encoder's last layer can blur what a
-    single patch shows, while its first layers keep it: on BabyAI symbolic views (one cell per patch, V-Cond 300
-    steps) a GR-1 reading the last layer stays at the majority action with a one-step history.
+    single patch shows, while its first layers keep it (measured on BabyAI: ``docs/robotics.md``).
     """
 
     def __init__(self, img_size: int = 64, patch_size: int = 8, in_channels: int = 3, width: int = 96, depth: int = 4,
@@ -339,7 +247,8 @@ class VoltronModule(L.LightningModule):
     A batch holds ``observation.images.<camera>`` ``(B, T, C, H, W)`` and ``task`` (``B`` captions). ``v-cond``
     uses the window's last frame; ``v-dual``/``v-gen`` its first and last (the first is the episode's first
     frame when the window reaches back before the start: the dataset pads with it). Every camera in
-    ``cameras`` (default: all in the batch) gives its own examples. ``optim``: see :func:`configure_adamw`;
+    ``cameras`` (default: all in the batch) gives its own examples. ``optim``: see
+    :func:`alignkit.core.optim.configure_adamw` (betas (0.9, 0.95) and eps 1e-8 unless ``optim`` sets them);
     ``model``: the config's model section (see :func:`check_model_section`).
     ``norm_pixel_loss`` standardises each target patch (MAE); turn it off for images made of flat patches
     (BabyAI's symbolic view), whose standardised targets are all zero and teach nothing.
@@ -446,23 +355,8 @@ class VoltronModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self) -> Any:
-        return configure_adamw(self, self.optim_cfg)
+        return configure_adamw(self, self.optim_cfg, betas=(0.9, 0.95), eps=1e-8)
 
     def export_encoder(self, folder: Union[str, Path]) -> Path:
         """Write the encoder for frozen downstream use (:meth:`VoltronEncoder.export`)."""
         return self.encoder.export(folder)
-
-
-def prefix_lm_mask(num_prefix: int, token_mask: Tensor) -> Tensor:
-    """``(B, P + L, P + L)`` bool attention mask of a prefix language model: the ``P`` prefix positions see each
-    other only; token ``l`` sees the prefix and the real tokens ``<= l``. ``token_mask`` ``(B, L)``: True at real
-    tokens."""
-    b, length = token_mask.shape
-    total = num_prefix + length
-    allowed = torch.zeros(total, total, dtype=torch.bool, device=token_mask.device)
-    allowed[:num_prefix, :num_prefix] = True
-    allowed[num_prefix:, :num_prefix] = True
-    allowed[num_prefix:, num_prefix:] = torch.ones(length, length, dtype=torch.bool,
-                                                   device=token_mask.device).tril()
-    keys = torch.cat([token_mask.new_ones(b, num_prefix, dtype=torch.bool), token_mask.bool()], dim=1)
-    return allowed[None] & keys[:, None, :]

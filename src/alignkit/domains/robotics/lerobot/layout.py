@@ -1,0 +1,117 @@
+"""The LeRobot dataset layout: codebase version, file paths, default features, task tables, file rollover.
+
+Sources (huggingface/lerobot, ``CODEBASE_VERSION = "v3.0"``): ``src/lerobot/datasets/utils.py`` (paths,
+``DEFAULT_FEATURES``, ``create_empty_dataset_info``, chunk/file rollover) and
+``v30/convert_dataset_v21_to_v30.py`` (the v2.1 layout: ``meta/tasks.jsonl``, ``meta/episodes.jsonl``,
+``meta/episodes_stats.jsonl``, one parquet and one mp4 per episode).
+
+v3.0 layout (written by :class:`~alignkit.domains.robotics.lerobot.writer.LeRobotWriter`)::
+
+    meta/info.json                  codebase_version "v3.0", fps, features {name: {dtype, shape, names, info}},
+                                    chunks_size, data_files_size_in_mb, video_files_size_in_mb, data_path,
+                                    video_path, total_episodes, total_frames, total_tasks, splits
+    meta/stats.json                 {feature: {min, max, mean, std, count}} (images: per channel, (3, 1, 1), in [0, 1])
+    meta/tasks.parquet              column task_index, indexed by the task string (as pandas writes it)
+    meta/episodes/chunk-000/file-000.parquet
+                                    episode_index, tasks, length, data/chunk_index, data/file_index,
+                                    dataset_from_index, dataset_to_index, videos/<key>/{chunk_index, file_index,
+                                    from_timestamp, to_timestamp}, stats/<feature>/<stat>,
+                                    meta/episodes/{chunk_index, file_index} (+ alignkit's success, source)
+    data/chunk-000/file-000.parquet observation.state, action, <extras>, timestamp, frame_index,
+                                    episode_index, index, task_index (many episodes per file)
+    videos/observation.images.<camera>/chunk-000/file-000.mp4
+                                    many episodes concatenated; episode e spans [from_timestamp, to_timestamp)
+
+Files roll over to the next ``file-NNN`` (and ``chunk-NNN`` after ``chunks_size`` files) when they would
+exceed their size limit (:func:`would_overflow`, :func:`next_file`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
+
+import pyarrow.parquet as pq
+
+CODEBASE_VERSION = "v3.0"
+# lerobot/datasets/utils.py: DEFAULT_CHUNK_SIZE, DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_VIDEO_FILE_SIZE_IN_MB.
+DEFAULT_CHUNK_SIZE = 1000
+DEFAULT_DATA_FILE_SIZE_IN_MB = 100
+DEFAULT_VIDEO_FILE_SIZE_IN_MB = 500
+# lerobot/datasets/utils.py: INFO_PATH, STATS_PATH, DEFAULT_TASKS_PATH, DEFAULT_EPISODES_PATH, DEFAULT_DATA_PATH,
+# DEFAULT_VIDEO_PATH and the LEGACY_* (v2.1) paths.
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+EPISODES_DIR = "meta/episodes"
+EPISODES_PATH = EPISODES_DIR + "/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+LEGACY_TASKS_PATH = "meta/tasks.jsonl"
+LEGACY_EPISODES_PATH = "meta/episodes.jsonl"
+LEGACY_EPISODES_STATS_PATH = "meta/episodes_stats.jsonl"
+
+IMAGES_PREFIX = "observation.images."
+STATE = "observation.state"
+ACTION = "action"
+# lerobot/datasets/utils.py DEFAULT_FEATURES: the per-frame bookkeeping columns of every dataset.
+DEFAULT_FEATURES: Dict[str, Dict[str, Any]] = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+
+PathLike = Union[str, Path]
+
+
+def camera_name(key: str) -> str:
+    """``"observation.images.top"`` -> ``"top"``; a key without the prefix is its own name."""
+    return key[len(IMAGES_PREFIX):] if key.startswith(IMAGES_PREFIX) else key
+
+
+# ------------------------------------------------------------------------------------------ file rollover
+def next_file(chunk_index: int, file_index: int, chunks_size: int) -> Tuple[int, int]:
+    """The file after ``(chunk, file)``, ``chunks_size`` files per chunk (lerobot's update_chunk_file_indices)."""
+    return (chunk_index + 1, 0) if file_index >= chunks_size - 1 else (chunk_index, file_index + 1)
+
+
+def would_overflow(size_bytes: int, frames: int, new_frames: int, limit_mb: float) -> bool:
+    """True if a file of ``size_bytes`` holding ``frames`` frames would pass ``limit_mb`` with ``new_frames`` more
+    (estimated at its average bytes per frame, as lerobot does). An empty file never overflows."""
+    if frames == 0:
+        return False
+    return size_bytes + size_bytes / frames * new_frames >= limit_mb * 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def write_tasks(tasks: List[str], path: Path) -> None:
+    """``meta/tasks.parquet`` as lerobot writes it: ``pd.DataFrame({"task_index": ...}, index=tasks).to_parquet``."""
+    import pandas as pd  # lerobot reads the task strings back as the pandas index
+
+    pd.DataFrame({"task_index": list(range(len(tasks)))}, index=tasks).to_parquet(path)
+
+
+def read_jsonl(path: Path) -> List[Dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one per non-blank line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_tasks(root: Path, version: str) -> List[str]:
+    """The task strings of the dataset at ``root`` by ``task_index`` (``meta/tasks.jsonl`` for v2.x,
+    ``meta/tasks.parquet`` otherwise); ValueError when they are not indexed ``0..n-1``."""
+    if version.startswith("v2"):
+        rows = read_jsonl(root / LEGACY_TASKS_PATH)
+        by_index = {int(r["task_index"]): str(r["task"]) for r in rows}
+    else:
+        table = pq.read_table(root / TASKS_PATH)
+        # the task string is pandas' index column (lerobot's write_tasks); a "task" column also reads
+        names = table.schema.pandas_metadata.get("index_columns", []) if table.schema.pandas_metadata else []
+        column = "task" if "task" in table.column_names else next((n for n in names if isinstance(n, str)), None)
+        if column is None:
+            raise ValueError(f"{root / TASKS_PATH} has no task strings (no 'task' column and no pandas index)")
+        by_index = dict(zip(table.column("task_index").to_pylist(), table.column(column).to_pylist()))
+    if sorted(by_index) != list(range(len(by_index))):
+        raise ValueError(f"{root}: task indices {sorted(by_index)} are not 0..{len(by_index) - 1}")
+    return [by_index[i] for i in range(len(by_index))]

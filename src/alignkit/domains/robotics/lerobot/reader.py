@@ -1,0 +1,347 @@
+"""Read a LeRobot dataset (codebase v3.0 or v2.1) as a map-style torch Dataset of history windows.
+
+Sources (huggingface/lerobot): ``src/lerobot/datasets/lerobot_dataset.py`` (the episode metadata and the
+from/to timestamps of episodes concatenated in one mp4) and ``v30/convert_dataset_v21_to_v30.py`` (the v2.1
+layout). Frames are read by seeking to the keyframe before the wanted timestamp and decoding forward (never
+the whole video) with :class:`alignkit.core.video.VideoFrameReader`, through a small per-process cache of
+open decoders that is safe in DataLoader worker processes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.video import ReaderCache, VideoError, video_frame_count
+from alignkit.domains.robotics.episode import Episode, EpisodeError
+from alignkit.domains.robotics.lerobot.layout import (ACTION, DEFAULT_CHUNK_SIZE, DEFAULT_FEATURES, EPISODES_DIR,
+                                                      INFO_PATH, LEGACY_EPISODES_PATH, LEGACY_EPISODES_STATS_PATH,
+                                                      STATE, STATS_PATH, PathLike, camera_name, read_jsonl, read_tasks)
+from alignkit.domains.robotics.lerobot.stats import Stats, aggregate_stats, stats_from_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Episode:
+    """One readable episode: its rows in the dataset's arrays and where its frames are in which videos."""
+
+    episode_index: int
+    length: int
+    start: int  # first row in LeRobotDataset's concatenated arrays
+    tasks: List[str]
+    videos: Dict[str, Tuple[Path, np.ndarray]]  # camera key -> (file, frame index in the file of each step)
+    success: bool
+    source: str
+
+
+def _column_values(column: pa.ChunkedArray, shape: Sequence[int], name: str) -> np.ndarray:
+    """A parquet column as numpy: ``(N,)`` for scalars, ``(N, D)`` for list columns of ``D = prod(shape)`` values.
+
+    Raises ValueError naming the column on nulls or rows of another length.
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        raise ValueError(f"column '{name}' has {array.null_count} null rows")
+    width = int(np.prod(shape)) if shape else 1
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+            or pa.types.is_fixed_size_list(array.type)):
+        if width != 1:
+            raise ValueError(f"column '{name}' holds scalars but its feature has shape {list(shape)}")
+        return array.to_numpy(zero_copy_only=False)
+    lengths = np.full(len(array), array.type.list_size) if pa.types.is_fixed_size_list(array.type) \
+        else array.value_lengths().to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != width or lengths.max() != width):
+        bad = int(np.flatnonzero(lengths != width)[0])
+        raise ValueError(f"column '{name}' has a row of length {int(lengths[bad])} (row {bad}) but its feature has "
+                         f"shape {list(shape)}")
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
+
+
+class LeRobotDataset(Dataset):
+    """A LeRobot dataset (v3.0 or v2.1, detected from ``meta/info.json``), map-style over frames.
+
+    Item ``i`` is frame ``t`` of some episode with a history window of ``T = window`` steps
+    ``t - T + 1 .. t``; steps before the episode start repeat its first frame and have
+    ``pad_mask`` False:
+
+    - ``"observation.images.<camera>"``: float Tensor ``(T, 3, H, W)`` in [0, 1] (resized to
+      ``image_size`` (int or (H, W)) if given);
+    - ``"observation.state"`` ``(T, S)``, ``"action"`` ``(T, A)``, each extra feature ``(T,)`` or
+      ``(T, k)``: float32 Tensors;
+    - ``"pad_mask"``: bool Tensor ``(T,)``;
+    - ``"task"`` (str) and ``"task_index"``, ``"episode_index"``, ``"frame_index"`` (int) of frame ``t``.
+
+    ``cameras`` selects cameras by name (``"top"`` or ``"observation.images.top"``); ``episodes`` keeps
+    only those ``episode_index`` values. Bad episodes (missing frames, state/action vectors of the wrong
+    length, a video shorter than its parquet, an unknown task index) raise :class:`EpisodeError` naming
+    the episode, or with ``skip_bad=True`` are left out and listed in ``skipped`` as ``(where, reason)``.
+    A frame that cannot be decoded when an item is read raises :class:`EpisodeError` naming the video file.
+
+    ``cache_frames`` keeps every episode's decoded frames in memory (uint8, ``frames * H * W * 3`` bytes per
+    camera) after its first read, so later epochs decode nothing: for small datasets trained many epochs
+    (random windows otherwise cost a video seek each).
+    """
+
+    def __init__(self, root: PathLike, window: int = 1, cameras: Optional[Sequence[str]] = None,
+                 image_size: Optional[Union[int, Tuple[int, int]]] = None, skip_bad: bool = False,
+                 episodes: Optional[Sequence[int]] = None, cache_frames: bool = False):
+        self.root = Path(root)
+        if window < 1:
+            raise ConfigError(f"window must be at least 1, got {window}")
+        self.window = int(window)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.skip_bad = skip_bad
+        self.skipped: List[Tuple[str, str]] = []
+        info_path = self.root / INFO_PATH
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{self.root} is not a LeRobot dataset: no {INFO_PATH} (a LeRobotWriter writes it "
+                                    "in finalize())")
+        self.meta: Dict[str, Any] = json.loads(info_path.read_text())
+        self.version = str(self.meta.get("codebase_version", ""))
+        if not (self.version.startswith("v3.") or self.version.startswith("v2.")):
+            raise ValueError(f"{info_path}: codebase_version {self.version!r} is not supported (v2.x and v3.x are)")
+        self.fps = float(self.meta["fps"])
+        features: Dict[str, Dict[str, Any]] = self.meta["features"]
+        self.features = features
+        stored = [k for k, v in features.items() if v["dtype"] == "image"]
+        if stored:
+            raise ValueError(f"{info_path}: image features stored in parquet ({', '.join(stored)}) are not supported; "
+                             "only video features are")
+        all_cameras = [camera_name(k) for k, v in features.items() if v["dtype"] == "video"]
+        self.cameras = list(all_cameras) if cameras is None else [self._camera(c, all_cameras) for c in cameras]
+        self.camera_keys = [k for k, v in features.items() if v["dtype"] == "video" and camera_name(k) in self.cameras]
+        self.extra_keys = [k for k, v in features.items() if k not in DEFAULT_FEATURES and k not in (STATE, ACTION)
+                           and v["dtype"] not in ("video", "image", "string")]
+        self.tasks = read_tasks(self.root, self.version)
+        self.stats = self._read_stats()
+        self._readers = ReaderCache()
+        self.cache_frames = bool(cache_frames)
+        self._frame_cache: Dict[Tuple[int, str], np.ndarray] = {}
+        self._load(episodes)
+
+    @staticmethod
+    def _camera(name: str, known: List[str]) -> str:
+        short = camera_name(name)
+        if short not in known:
+            raise ConfigError(f"unknown camera '{name}'{did_you_mean(short, known)}; the dataset has "
+                              f"{', '.join(known)}")
+        return short
+
+    def _read_stats(self) -> Stats:
+        if (self.root / STATS_PATH).is_file():
+            return stats_from_json(json.loads((self.root / STATS_PATH).read_text()))
+        legacy = self.root / LEGACY_EPISODES_STATS_PATH
+        if legacy.is_file():
+            return aggregate_stats([stats_from_json(r["stats"]) for r in read_jsonl(legacy)])
+        return {}
+
+    # indexing -------------------------------------------------------------------------------------
+    def _episode_records(self) -> List[Dict[str, Any]]:
+        """Per-episode metadata rows, each with ``data_file`` and ``videos`` {key: (file, from_timestamp)}."""
+        if self.version.startswith("v2"):
+            chunks = int(self.meta.get("chunks_size", DEFAULT_CHUNK_SIZE))
+            records = []
+            for row in read_jsonl(self.root / LEGACY_EPISODES_PATH):
+                e = int(row["episode_index"])
+                fmt = {"episode_chunk": e // chunks, "episode_index": e}
+                records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt),
+                                "videos": {k: (self.root / self.meta["video_path"].format(video_key=k, **fmt), 0.0)
+                                           for k in self.camera_keys}})
+            return records
+        files = sorted((self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{self.root}: no episode metadata under {EPISODES_DIR}/")
+        records = []
+        for path in files:
+            schema = pq.read_schema(path)
+            table = pq.read_table(path, columns=[n for n in schema.names if not n.startswith("stats/")])
+            for row in table.to_pylist():
+                fmt = {"chunk_index": row["data/chunk_index"], "file_index": row["data/file_index"]}
+                videos = {k: (self.root / self.meta["video_path"].format(
+                    video_key=k, chunk_index=row[f"videos/{k}/chunk_index"], file_index=row[f"videos/{k}/file_index"]),
+                    float(row[f"videos/{k}/from_timestamp"])) for k in self.camera_keys}
+                records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt), "videos": videos})
+        return records
+
+    def _load(self, selected: Optional[Sequence[int]]) -> None:
+        records = sorted(self._episode_records(), key=lambda r: int(r["episode_index"]))
+        if selected is not None:
+            known = {int(r["episode_index"]) for r in records}
+            unknown = sorted(set(int(e) for e in selected) - known)
+            if unknown:
+                raise ConfigError(f"{self.root}: episodes {unknown} do not exist (episode_index {min(known)}.."
+                                  f"{max(known)})")
+            keep = set(int(e) for e in selected)
+            records = [r for r in records if int(r["episode_index"]) in keep]
+        tables: Dict[Path, Tuple[pa.Table, Dict[int, np.ndarray]]] = {}
+        frame_counts: Dict[Path, int] = {}
+        arrays: Dict[str, List[np.ndarray]] = {}
+        self._episodes: List[_Episode] = []
+        start = 0
+        for record in records:
+            e = int(record["episode_index"])
+            where = f"{self.root}: episode {e} ({record['data_file'].relative_to(self.root)})"
+            try:
+                columns, episode = self._check_episode(record, start, tables, frame_counts)
+            except (EpisodeError, ValueError, OSError, KeyError) as exc:
+                if not self.skip_bad:
+                    raise EpisodeError(f"{where}: {exc}; fix or remove this episode, or pass skip_bad=True to leave "
+                                       "it out") from None
+                self.skipped.append((where, str(exc)))
+                continue
+            for k, v in columns.items():
+                arrays.setdefault(k, []).append(v)
+            self._episodes.append(episode)
+            start += episode.length
+        if self.skipped:
+            logger.warning("LeRobotDataset: skipped %d of %d episodes of %s (skip_bad=True); first: %s",
+                           len(self.skipped), len(records), self.root, "; ".join(r for _, r in self.skipped[:2]))
+        self._arrays = {k: np.concatenate(v) for k, v in arrays.items()}
+        self._ends = np.cumsum([ep.length for ep in self._episodes])
+
+    def _check_episode(self, record: Mapping[str, Any], start: int,
+                       tables: Dict[Path, Tuple[pa.Table, Dict[int, np.ndarray]]],
+                       frame_counts: Dict[Path, int]) -> Tuple[Dict[str, np.ndarray], _Episode]:
+        """The episode's columns and index entry, or EpisodeError/ValueError saying what is wrong with it."""
+        e, length = int(record["episode_index"]), int(record["length"])
+        path: Path = record["data_file"]
+        if path not in tables:  # one contiguous table per file: slices and takes then cost what they return
+            table = pq.read_table(path).combine_chunks()
+            episode_of_row = table.column("episode_index").to_numpy()
+            order = np.argsort(episode_of_row, kind="stable")
+            found, first, count = np.unique(episode_of_row[order], return_index=True, return_counts=True)
+            tables[path] = table, {int(k): order[a:a + n] for k, a, n in zip(found, first, count)}
+        table, rows_of_episode = tables[path]
+        rows = rows_of_episode.get(e, np.zeros(0, dtype=np.int64))
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        part = table.slice(int(rows[0]), len(rows)) if contiguous else table.take(pa.array(rows))
+        if len(rows) != length:
+            raise EpisodeError(f"missing frames: {len(rows)} rows in the parquet file but the episode's length is "
+                               f"{length}")
+        frame_index = part.column("frame_index").to_numpy()
+        gaps = np.flatnonzero(frame_index != np.arange(length))
+        if len(gaps):
+            raise EpisodeError(f"missing frames: frame_index {frame_index[gaps[0]]} at step {gaps[0]} (expected "
+                               f"0..{length - 1} in order)")
+        columns: Dict[str, np.ndarray] = {}
+        for name in (STATE, ACTION, *self.extra_keys):
+            if name in self.features:
+                values = _column_values(part.column(name), self.features[name]["shape"], name).astype(np.float32)
+                columns[name] = values
+            else:
+                columns[name] = np.zeros((length, 0), dtype=np.float32)
+        task_index = part.column("task_index").to_numpy().astype(np.int64)
+        unknown = sorted(set(task_index.tolist()) - set(range(len(self.tasks))))
+        if unknown:
+            raise EpisodeError(f"unknown task_index {unknown} (meta/tasks has {len(self.tasks)} tasks)")
+        columns["task_index"] = task_index
+        timestamps = part.column("timestamp").to_numpy().astype(np.float64)
+        videos: Dict[str, Tuple[Path, np.ndarray]] = {}
+        for key in self.camera_keys:
+            video, from_timestamp = record["videos"][key]
+            if not video.is_file():
+                raise EpisodeError(f"its video {video} does not exist")
+            if video not in frame_counts:
+                frame_counts[video] = video_frame_count(video)
+            frames = np.rint((from_timestamp + timestamps) * self.fps).astype(np.int64)
+            if frames.max() >= frame_counts[video]:
+                raise EpisodeError(f"the video is shorter than its parquet: {video} has {frame_counts[video]} frames "
+                                   f"but the episode's {length} steps need frames up to {int(frames.max())}")
+            videos[key] = (video, frames)
+        tasks = record.get("tasks") or [self.tasks[int(task_index[0])]]
+        episode = _Episode(episode_index=e, length=length, start=start, tasks=list(tasks), videos=videos,
+                           success=bool(record.get("success", True)),
+                           source=str(record.get("source") or f"{self.root} episode {e}"))
+        return columns, episode
+
+    # access ---------------------------------------------------------------------------------------
+    @property
+    def episode_indices(self) -> List[int]:
+        """``episode_index`` of each episode of this dataset, in order."""
+        return [ep.episode_index for ep in self._episodes]
+
+    @property
+    def episode_lengths(self) -> List[int]:
+        return [ep.length for ep in self._episodes]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def locate(self, i: int) -> Tuple[int, int]:
+        """``(episode position, frame)`` of item ``i``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} is outside [0, {len(self)}) of {self.root}")
+        e = int(np.searchsorted(self._ends, i, side="right"))
+        return e, i - (int(self._ends[e - 1]) if e else 0)
+
+    def frames(self, position: int, camera_key: str, steps: Sequence[int]) -> np.ndarray:
+        """uint8 ``(len(steps), H, W, 3)``: the frames of ``camera_key`` at ``steps`` of the ``position``-th episode.
+
+        :class:`EpisodeError` naming the video file when a frame cannot be decoded."""
+        ep = self._episodes[position]
+        video, frame_of_step = ep.videos[camera_key]
+        if not self.cache_frames:
+            return self._decode(video, frame_of_step[np.asarray(steps)])
+        key = (position, camera_key)
+        if key not in self._frame_cache:
+            self._frame_cache[key] = self._decode(video, frame_of_step)
+        return self._frame_cache[key][np.asarray(steps)]
+
+    def _decode(self, video: Path, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._readers.get(video, self.fps).read(indices)
+        except VideoError as exc:
+            raise EpisodeError(str(exc)) from exc
+
+    def _images(self, frames: np.ndarray) -> Tensor:
+        images = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.image_size is not None and tuple(images.shape[-2:]) != tuple(self.image_size):
+            images = F.interpolate(images, size=tuple(self.image_size), mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return images
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        position, t = self.locate(int(i))
+        ep = self._episodes[position]
+        steps = np.arange(t - self.window + 1, t + 1)
+        pad_mask = steps >= 0
+        steps = np.maximum(steps, 0)
+        rows = ep.start + steps
+        item: Dict[str, Any] = {key: self._images(self.frames(position, key, steps)) for key in self.camera_keys}
+        for name in (STATE, ACTION, *self.extra_keys):
+            item[name] = torch.from_numpy(self._arrays[name][rows])
+        task_index = int(self._arrays["task_index"][ep.start + t])
+        item.update({"pad_mask": torch.from_numpy(pad_mask), "task": self.tasks[task_index], "task_index": task_index,
+                     "episode_index": ep.episode_index, "frame_index": t})
+        return item
+
+    def episode(self, position: int) -> Episode:
+        """The ``position``-th episode of this dataset (``episode_indices[position]``) read back whole."""
+        ep = self._episodes[position]
+        rows = slice(ep.start, ep.start + ep.length)
+        steps = np.arange(ep.length)
+        images = {camera_name(key): self.frames(position, key, steps) for key in self.camera_keys}
+        return Episode(images=images, state=self._arrays[STATE][rows], action=self._arrays[ACTION][rows],
+                       task=ep.tasks[0], success=ep.success, source=ep.source,
+                       extras={k: self._arrays[k][rows] for k in self.extra_keys})
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_readers"] = ReaderCache(self._readers.max_open)  # open decoders stay in their process
+        return state

@@ -1,0 +1,41 @@
+"""What every robotics model reads: the camera frames of a dataset batch, a frozen core text tower, and the
+config's ``model`` section (which must not configure towers or objectives).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+from torch import Tensor, nn
+
+from alignkit.core.encoders.base import build_encoder, freeze
+from alignkit.core.registry import ConfigError
+
+IMAGE_KEY_PREFIX = "observation.images."
+TextSpec = Union[str, Mapping[str, Any]]
+"""A core text encoder: an ``ENCODERS`` name or ``{"name", "params"}``."""
+
+
+def check_model_section(model: Optional[Mapping[str, Any]], name: str) -> None:
+    """The runner hands every model its config's ``model`` section besides ``name`` and ``params``
+    (``embed_dim``, ``towers``, ``objectives``, ``ema``); the robotics models are configured by ``model.params``
+    alone, so towers or objectives there are a mistake and raise :class:`ConfigError`."""
+    if model and (model.get("towers") or model.get("objectives") or (model.get("ema") or {}).get("enabled")):
+        raise ConfigError(f"model '{name}' is configured by model.params only; remove model.towers, "
+                          f"model.objectives and model.ema from its config")
+
+
+def frozen_text_tower(spec: TextSpec) -> nn.Module:
+    """A frozen core text encoder (``ENCODERS`` name or ``{"name", "params"}``) that memoises per-string outputs."""
+    return freeze(build_encoder(spec, where="text_encoder", cache=True))
+
+
+def camera_frames(batch: Mapping[str, Any], cameras: Optional[Sequence[str]]) -> Dict[str, Tensor]:
+    """``{camera: (B, T, C, H, W)}`` from the ``observation.images.<camera>`` keys of a dataset batch (all of
+    them when ``cameras`` is None); a missing camera raises naming the keys present."""
+    present = sorted(k[len(IMAGE_KEY_PREFIX):] for k in batch if k.startswith(IMAGE_KEY_PREFIX))
+    wanted = list(cameras) if cameras else present
+    missing = [c for c in wanted if c not in present]
+    if missing or not wanted:
+        raise KeyError(f"batch lacks image keys {[IMAGE_KEY_PREFIX + c for c in missing] or '(any)'}; it has "
+                       f"cameras {present}: set cameras to some of these")
+    return {c: batch[IMAGE_KEY_PREFIX + c] for c in wanted}
