@@ -148,7 +148,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignkit", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="alignkit", description="Language-aligned representation learning: train, "
+                                "evaluate, export and benchmark models from configs, run the demos.",
                                 epilog="Overrides: key=value after the subcommand, e.g. "
                                        "alignkit train -c core/shapes_demo data.batch_size=32 trainer.max_steps=100")
     sub = p.add_subparsers(dest="command", required=True)
