@@ -242,7 +242,7 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"config values missing: {', '.join(sorted(missing))}")
     check_ranges(cfg)
-    MODELS.check_params(cfg.model.name, dict(cfg.model.params), "model.params")
+    MODELS.check_params(cfg.model.name, _plain(cfg.model.params), "model.params")
     for name, tower in cfg.model.towers.items():
         ENCODERS.check_params(tower.encoder, _plain(tower.params), f"model.towers.{name}.params")
         HEADS.check_params(tower.head, _plain(tower.head_params), f"model.towers.{name}.head_params")

@@ -125,7 +125,8 @@ def _problem(value: Any, annotation: Any) -> Optional[str]:
             if isinstance(extra, Range) and isinstance(value, (int, float)) and not extra.allows(value):
                 return f"must be {extra}"
             if isinstance(extra, OneOf) and value not in extra.choices:
-                return f"must be {extra}"
+                hint = did_you_mean(value, [str(c) for c in extra.choices]) if isinstance(value, str) else ""
+                return f"must be {extra}{hint}"
         return None
     if origin is typing.Union:
         problems = [_problem(value, a) for a in args]
@@ -133,7 +134,8 @@ def _problem(value: Any, annotation: Any) -> Optional[str]:
             return None
         return f"must be {describe(annotation)}"
     if origin is typing.Literal:
-        return None if value in args else f"must be {describe(annotation)}"
+        hint = did_you_mean(value, [str(c) for c in args]) if isinstance(value, str) else ""
+        return None if value in args else f"must be {describe(annotation)}{hint}"
     if annotation is _NONE or annotation is None:
         return None if value is None else "must be null"
     if annotation is bool:

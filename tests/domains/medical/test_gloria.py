@@ -116,7 +116,9 @@ def test_aligned_pairs_score_lower_loss_than_shuffled_pairs():
 
 def test_config_errors_and_empty_reports():
     with pytest.raises(ConfigError, match="temp2 must be > 0"):
-        LOSSES.build("gloria_local", temp2=0.0)
+        GloriaLocalLoss(temp2=0.0)  # the constructor's own check (direct Python use)
+    with pytest.raises(ConfigError, match="temp2 = 0.0 for loss 'gloria_local': must be > 0"):
+        LOSSES.build("gloria_local", temp2=0.0)  # the registry checks the annotation first
     with pytest.raises(ConfigError, match="unknown parameter 'temp4'"):
         LOSSES.build("gloria_local", temp4=1.0)
     words, mask, regions = _inputs()

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from alignkit.core.collate import collate_samples
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.pointcloud import evaluate as _evaluate  # noqa: F401  (registrations)
+from alignkit.domains.pointcloud.evaluate import PointFineTuneEvaluator
 from alignkit.domains.pointcloud.prompts import MODELNET40_64
 
 NAMES = ["chair", "table", "lamp"]
@@ -111,4 +112,6 @@ def test_point_finetune_trains_a_copy_and_classifies(tmp_path: Path):
         EVALUATORS.build("point_finetune", modality="cloud")(model, loader(clouds, labels), loader(clouds, labels),
                                                              tmp_path)
     with pytest.raises(ConfigError, match="epochs >= 1"):
-        EVALUATORS.build("point_finetune", epochs=0)
+        PointFineTuneEvaluator(epochs=0)  # the constructor's own check (direct Python use)
+    with pytest.raises(ConfigError, match="epochs = 0 for evaluator 'point_finetune': must be >= 1"):
+        EVALUATORS.build("point_finetune", epochs=0)  # the registry checks the annotation first

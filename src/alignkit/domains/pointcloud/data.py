@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,15 +41,16 @@ from torch.utils.data import get_worker_info
 
 from alignkit.core.images import ImageTextDecoder
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, build_decoder, raw_text
-from alignkit.core.params import check_choice
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.pointcloud.augment import point_augmentation
 from alignkit.domains.pointcloud.clouds import UP_AXES, PointFileError, load_geometry
 from alignkit.domains.pointcloud.layouts import (ModelNet40MeshReader, ModelNet40ResampledReader, PointFolderReader,
                                                  PointLayoutReader, PointRecord, ScanObjectNNReader, ShapeNet55Reader,
                                                  detect_modelnet40_layout)
-from alignkit.domains.pointcloud.preprocess import SampledCloudCache, check_features, default_cache_dir, prepare_points
-from alignkit.domains.pointcloud.prompts import point_caption, resolve_templates
+from alignkit.domains.pointcloud.preprocess import (FEATURES, SAMPLING_METHODS, SampledCloudCache, check_features,
+                                                    default_cache_dir, prepare_points)
+from alignkit.domains.pointcloud.prompts import Templates, point_caption, resolve_templates
 from alignkit.domains.pointcloud.render import VIEW_KINDS, default_views_dir, render_geometry, view_file, write_views
 
 logger = logging.getLogger(__name__)
@@ -280,17 +281,24 @@ class PointCloudDataset(PairedDataset):
 
 
 _Floats = Sequence[float]
+_Count = Annotated[int, AT_LEAST_ONE]
+_Positive = Annotated[float, POSITIVE]
 
 
-def point_dataset_params(num_points: int = 1024, surface_points: int = 8192, features: str = "none",
-                         sampling: str = "fps", augment: Optional[bool] = None,
-                         scale: Optional[_Floats] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
-                         dropout: float = 0.0, up_axis: Optional[str] = None,
-                         caption_templates: Union[str, Sequence[str]] = "shapenet_64", with_images: bool = False,
-                         num_views: int = 12, image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                         image_mean: _Floats = (0.5,), image_std: _Floats = (0.5,), render_dir: Optional[str] = None,
-                         cache: bool = True, cache_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                         skip_bad: bool = False, seed: int = 0) -> Dict[str, Any]:
+def point_dataset_params(num_points: _Count = 1024, surface_points: _Count = 8192,
+                         features: Annotated[str, OneOf(tuple(FEATURES))] = "none",
+                         sampling: Annotated[str, OneOf(SAMPLING_METHODS)] = "fps", augment: Optional[bool] = None,
+                         scale: Optional[Tuple[_Positive, _Positive]] = (0.8, 1.25), rotate: bool = True,
+                         jitter: Annotated[float, NON_NEGATIVE] = 0.01,
+                         dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
+                         up_axis: Optional[Annotated[str, OneOf(UP_AXES)]] = None,
+                         caption_templates: Templates = "shapenet_64", with_images: bool = False,
+                         num_views: _Count = 12, image_size: _Count = 64,
+                         image_kinds: Sequence[Annotated[str, OneOf(VIEW_KINDS)]] = ("shaded",),
+                         image_mean: _Floats = (0.5,), image_std: Sequence[_Positive] = (0.5,),
+                         render_dir: Optional[str] = None, cache: bool = True, cache_dir: Optional[str] = None,
+                         classes: Optional[Sequence[str]] = None, skip_bad: bool = False,
+                         seed: int = 0) -> Dict[str, Any]:
     """The parameters every point-cloud dataset shares (meaning: :class:`PointCloudDataset`), defaults filled."""
     return dict(locals())
 
@@ -300,12 +308,15 @@ _SHARED = inspect.signature(point_dataset_params).parameters
 
 def with_point_params(cls: type) -> type:
     """Class decorator of a :class:`PointCloudDataset` whose ``__init__(self, <own params>, **shared)`` takes the
-    shared parameters as keywords: its signature becomes ``(own..., *, <point_dataset_params' parameters>)``, so
-    the registry's parameter check and did-you-mean see every valid key (no ``**kwargs`` hole)."""
+    shared parameters as keywords: its signature becomes ``(own..., *, <point_dataset_params' parameters>)``, and
+    its annotations gain theirs, so the registry's parameter check, did-you-mean and value check
+    (:func:`~alignkit.core.params.check_call`) see every valid key (no ``**kwargs`` hole)."""
     init = cls.__init__
     own = [q for q in inspect.signature(init).parameters.values() if q.kind is not q.VAR_KEYWORD]
     shared = [q.replace(kind=inspect.Parameter.KEYWORD_ONLY) for q in _SHARED.values()]
     init.__signature__ = inspect.Signature(own + shared)
+    init.__annotations__ = {**init.__annotations__, **{k: v for k, v in point_dataset_params.__annotations__.items()
+                                                       if k != "return"}}
     return cls
 
 
@@ -316,6 +327,9 @@ def _shared_params(dataset: str, shared: Dict[str, Any]) -> Dict[str, Any]:
     return point_dataset_params(**shared)
 
 
+MODELNET40_LAYOUTS = ("auto", "mesh", "resampled")
+
+
 @DATASETS.register("modelnet40")
 @with_point_params
 class ModelNet40Dataset(PointCloudDataset):
@@ -323,10 +337,11 @@ class ModelNet40Dataset(PointCloudDataset):
     ``modelnet40_normal_resampled`` (y up), chosen by ``layout`` (``auto`` detects it). Shared parameters:
     :class:`PointCloudDataset`."""
 
-    def __init__(self, root: str, split: str = "train", layout: str = "auto", **shared: Any):
+    def __init__(self, root: str, split: str = "train", layout: Annotated[str, OneOf(MODELNET40_LAYOUTS)] = "auto",
+                 **shared: Any):
         super().__init__(params={"root": root, "split": split, "layout": layout,
                                  **_shared_params(type(self).__name__, shared)})
-        check_choice(layout, ("auto", "mesh", "resampled"), "modelnet40 layout")
+        check_choice(layout, MODELNET40_LAYOUTS, "modelnet40 layout")
         self.layout = detect_modelnet40_layout(root) if layout == "auto" else layout
         reader_cls = ModelNet40MeshReader if self.layout == "mesh" else ModelNet40ResampledReader
         self._index(reader_cls(root, split, skip_bad=self.params["skip_bad"]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alignkit.core.encoders.base import FrozenTower
-from alignkit.core.evaluators import ZeroShotEvaluator, _classification_plots, _dataset_class_names
+from alignkit.core.evaluators import Ks, ZeroShotEvaluator, _classification_plots, _dataset_class_names
 from alignkit.core.metrics import classification_metrics
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from alignkit.core.registry import EVALUATORS, ConfigError
-from alignkit.domains.pointcloud.prompts import resolve_templates
+from alignkit.domains.pointcloud.prompts import Templates, resolve_templates
 
 
 @EVALUATORS.register("point_zero_shot")
@@ -39,8 +40,8 @@ class PointZeroShotEvaluator(ZeroShotEvaluator):
     """
 
     def __init__(self, modality: str = "points", text_modality: str = "text",
-                 class_names: Optional[List[str]] = None, templates: Union[str, Sequence[str]] = "modelnet40_64",
-                 label_key: str = "label", ks: Sequence[int] = (1, 5), progress: bool = True):
+                 class_names: Optional[List[str]] = None, templates: Templates = "modelnet40_64",
+                 label_key: str = "label", ks: Ks = (1, 5), progress: bool = True):
         super().__init__(modality=modality, text_modality=text_modality, class_names=class_names,
                          templates=list(resolve_templates(templates)), label_key=label_key, ks=ks, per_class=True,
                          progress=progress)
@@ -64,8 +65,9 @@ class PointFineTuneEvaluator:
     encoder_lr_ratio`` for the encoder; the model itself is untouched), the train split shuffled.
     Metrics ``point_finetune/top1``, ``.../mean_per_class_acc``; writes ``point_finetune_confusion.png``."""
 
-    def __init__(self, modality: str = "points", label_key: str = "label", epochs: int = 5, lr: float = 1e-3,
-                 encoder_lr_ratio: float = 0.1, weight_decay: float = 0.05, seed: int = 0, progress: bool = True):
+    def __init__(self, modality: str = "points", label_key: str = "label", epochs: Annotated[int, AT_LEAST_ONE] = 5,
+                 lr: Annotated[float, POSITIVE] = 1e-3, encoder_lr_ratio: Annotated[float, NON_NEGATIVE] = 0.1,
+                 weight_decay: Annotated[float, NON_NEGATIVE] = 0.05, seed: int = 0, progress: bool = True):
         if epochs < 1 or lr <= 0 or encoder_lr_ratio < 0:
             raise ConfigError(f"point_finetune needs epochs >= 1, lr > 0, encoder_lr_ratio >= 0; got {epochs}, "
                               f"{lr}, {encoder_lr_ratio}")

@@ -11,8 +11,9 @@ Every template holds one ``{}`` placeholder for the class name, as
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Dict, List, Optional, Sequence, Tuple, Union
 
+from alignkit.core.params import OneOf
 from alignkit.core.registry import ConfigError, did_you_mean
 
 MODELNET40_64: Tuple[str, ...] = (
@@ -95,6 +96,10 @@ TEMPLATE_SETS: Dict[str, Tuple[str, ...]] = {
     "point_cloud_1": POINT_CLOUD_1,
 }
 """Named template sets a config may refer to (``templates: modelnet40_64``)."""
+
+
+Templates = Union[Annotated[str, OneOf(tuple(TEMPLATE_SETS))], Sequence[str]]
+"""A parameter naming a set of :data:`TEMPLATE_SETS` or giving the templates (:func:`resolve_templates`)."""
 
 
 def resolve_templates(templates: Union[str, Sequence[str]]) -> Tuple[str, ...]:

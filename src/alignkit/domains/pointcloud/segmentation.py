@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from alignkit.core import plots
 from alignkit.core.metrics import confusion_matrix
+from alignkit.core.params import NON_NEGATIVE, OneOf
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
 
@@ -204,7 +205,8 @@ class SegmentationEvaluator:
     """
 
     def __init__(self, points_key: str = "points", label_key: str = "seg", class_names: Optional[List[str]] = None,
-                 ignore_index: int = IGNORE_INDEX, plot_clouds: int = 4, plot_axes: Tuple[int, int] = (0, 1),
+                 ignore_index: int = IGNORE_INDEX, plot_clouds: Annotated[int, NON_NEGATIVE] = 4,
+                 plot_axes: Tuple[Annotated[int, OneOf((0, 1, 2))], Annotated[int, OneOf((0, 1, 2))]] = (0, 1),
                  invert_vertical: bool = True, progress: bool = True):
         self.points_key, self.label_key, self.class_names = points_key, label_key, class_names
         self.ignore_index, self.plot_clouds = int(ignore_index), int(plot_clouds)

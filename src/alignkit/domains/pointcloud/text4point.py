@@ -28,23 +28,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.encoders.base import FrozenTower
-from alignkit.core.encoders.image import FeatureMapEncoder
+from alignkit.core.encoders.image import Channels, FeatureMapEncoder, Pool, SpatialDims
 from alignkit.core.metrics import class_embeddings
 from alignkit.core.losses import logit_multiplier
 from alignkit.core.module import AlignmentModule, Tower
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, HEADS, LOSSES, MODELS, ConfigError
 from alignkit.domains.pointcloud.rgbd.files import IGNORE_INDEX
 
 PIXELS_KEY = "pixels"
 SEG_KEY = "seg"
 CLASS_NAMES_KEY = "class_names"
+Dropout = Annotated[float, Range(ge=0, lt=1)]
 
 
 # --------------------------------------------------------------------------- dense image tower
@@ -61,9 +63,9 @@ class BasicUNetEncoder(FeatureMapEncoder):
     ``(B, H W, dense_dim)``.
     """
 
-    def __init__(self, in_channels: int = 3, dense_dim: int = 32,
-                 features: Sequence[int] = (16, 16, 32, 64, 128, 16), spatial_dims: int = 2, pool: str = "avg",
-                 dropout: float = 0.0):
+    def __init__(self, in_channels: Channels = 3, dense_dim: Annotated[int, AT_LEAST_ONE] = 32,
+                 features: Sequence[Annotated[int, AT_LEAST_ONE]] = (16, 16, 32, 64, 128, 16),
+                 spatial_dims: SpatialDims = 2, pool: Pool = "avg", dropout: Dropout = 0.0):
         from monai.networks.nets import BasicUNet
 
         if len(features) != 6:
@@ -176,9 +178,11 @@ class Text4PointPretraining(AlignmentModule):
     """
 
     def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None, points: str = "points",
-                 image: str = "image", num_pairs: int = 256, dense_dim: int = 64, dense_head: str = "linear",
+                 image: str = "image", num_pairs: Annotated[int, Range(ge=2)] = 256,
+                 dense_dim: Annotated[int, AT_LEAST_ONE] = 64, dense_head: str = "linear",
                  dense_head_params: Optional[Dict[str, Any]] = None, dense_loss: str = "clip",
-                 dense_loss_params: Optional[Dict[str, Any]] = None, dense_weight: float = 1.0):
+                 dense_loss_params: Optional[Dict[str, Any]] = None,
+                 dense_weight: Annotated[float, NON_NEGATIVE] = 1.0):
         super().__init__(model, optim)
         _check_towers(self.towers, {"points": points, "image": image}, "text4point-pretrain")
         if num_pairs < 2 or dense_weight < 0:
@@ -348,11 +352,12 @@ class Text4PointSegmentation(AlignmentModule):
     """
 
     def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None, points: str = "points",
-                 text: str = "text", templates: Sequence[str] = ("{}",), num_heads: int = 4, ffn_ratio: float = 2.0,
-                 dropout: float = 0.0, tqm_dim: Optional[int] = None, init_temperature: float = 0.07,
-                 learnable_temperature: bool = True, pretrained: Optional[str] = None,
-                 pretrained_prefix: str = "towers.points.encoder.", seg_weight: float = 1.0,
-                 ignore_index: int = IGNORE_INDEX):
+                 text: str = "text", templates: Sequence[str] = ("{}",), num_heads: Annotated[int, AT_LEAST_ONE] = 4,
+                 ffn_ratio: Annotated[float, POSITIVE] = 2.0, dropout: Dropout = 0.0,
+                 tqm_dim: Optional[Annotated[int, AT_LEAST_ONE]] = None,
+                 init_temperature: Annotated[float, POSITIVE] = 0.07, learnable_temperature: bool = True,
+                 pretrained: Optional[str] = None, pretrained_prefix: str = "towers.points.encoder.",
+                 seg_weight: Annotated[float, NON_NEGATIVE] = 1.0, ignore_index: int = IGNORE_INDEX):
         super().__init__(model, optim)
         _check_towers(self.towers, {"points": points, "text": text}, "text4point-seg")
         if not self.towers[text].frozen:

@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,15 +27,15 @@ from monai.data import MetaTensor
 from torch import Tensor
 
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.params import check_choice
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.medical.echo.archives import (ECHOPRIME_VIEWS, REPORT_SECTIONS, EchoNetReader, EchoStudy,
                                                     EchoStudyTableReader, EchoVideoRecord)
 from alignkit.domains.medical.echo.loading import ECHO_SUFFIXES, SECTOR_MASKING, load_echo, probe_echo
-from alignkit.domains.medical.echo.transforms import (CLIP_STARTS, ECHONET_MEAN, ECHONET_STD, PAD_MODES,
+from alignkit.domains.medical.echo.transforms import (CLIP_STARTS, ECHONET_MEAN, ECHONET_STD, PAD_MODES, SQUARE_MODES,
                                                       SampleClip, beat_stride, clip_span, frame_transforms)
-from alignkit.domains.medical.reports import (ECHO_HEADERS, check_report_rule, clean_report, extract_sections,
-                                              report_text, split_sentences)
+from alignkit.domains.medical.reports import (ECHO_HEADERS, REPORT_RULES, check_report_rule, clean_report,
+                                              extract_sections, report_text, split_sentences)
 from alignkit.domains.medical.tables import BadRowError
 
 TEXT_MODES = ("report", "sentences", "sections")
@@ -50,13 +50,24 @@ IGNORE_LABEL = -1.0
 
 _VIDEO_FIELDS = tuple(suffix.lstrip(".") for suffix in ECHO_SUFFIXES)
 _DICOM_FIELDS = ("dcm", "dicom")
+CLIP_START_CHOICES = ("auto", *CLIP_STARTS)
 Stat = Union[float, Sequence[float]]
+# what the datasets' parameters accept (checked when a config is loaded; the decoder checks them again)
+Count = Annotated[int, AT_LEAST_ONE]
+ClipStart = Annotated[str, OneOf(CLIP_START_CHOICES)]
+ShortClips = Annotated[str, OneOf(SHORT_CLIPS)]
+Channels = Annotated[int, OneOf((1, 3))]
+Square = Annotated[str, OneOf(SQUARE_MODES)]
+Std = Union[Annotated[float, POSITIVE], Sequence[Annotated[float, POSITIVE]]]
+MaskSector = Annotated[str, OneOf(SECTOR_MASKING)]
+ReportSections = Sequence[Annotated[str, OneOf(tuple(ECHO_HEADERS))]]
+ReportRule = Annotated[str, OneOf(REPORT_RULES)]
 
 
 def resolve_clip_start(clip_start: str, split: Optional[str]) -> str:
     """``"auto"``: ``"random"`` for training (split None or ``train``, case-insensitive; shards are training
     data) and ``"centre"`` for every other split; any other value of ``CLIP_STARTS`` as given."""
-    check_choice(clip_start, ("auto", *CLIP_STARTS), "clip_start")
+    check_choice(clip_start, CLIP_START_CHOICES, "clip_start")
     if clip_start != "auto":
         return clip_start
     return "random" if split is None or split.strip().lower() == "train" else "centre"
@@ -246,10 +257,11 @@ class EchoNetDataset(EchoVideoDataset):
     ``"label"`` with ``view_column``). ``videos[i].tracings``: the LV tracings of item ``i`` (EchoNet's ED/ES).
     """
 
-    def __init__(self, root: str, split: Optional[str] = None, num_frames: int = 16, stride: int = 2,
-                 clip_start: str = "auto", beat_seconds: Optional[float] = None, short_clips: str = "repeat",
-                 image_size: int = 64, channels: int = 3, square: str = "crop", mean: Stat = ECHONET_MEAN,
-                 std: Stat = ECHONET_STD, mask_sector: str = "dicom", videos_dir: str = "Videos",
+    def __init__(self, root: str, split: Optional[str] = None, num_frames: Count = 16, stride: Count = 2,
+                 clip_start: ClipStart = "auto", beat_seconds: Optional[Annotated[float, POSITIVE]] = None,
+                 short_clips: ShortClips = "repeat", image_size: Count = 64, channels: Channels = 3,
+                 square: Square = "crop", mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD,
+                 mask_sector: MaskSector = "dicom", videos_dir: str = "Videos",
                  file_list: str = "FileList.csv", view_column: Optional[str] = None,
                  views: Sequence[str] = ECHOPRIME_VIEWS, skip_bad: bool = False, verify_videos: bool = False):
         super().__init__(params=locals())
@@ -310,15 +322,17 @@ class EchoStudyDataset(EchoVideoDataset):
     study are positives of its report.
     """
 
-    def __init__(self, root: str, csv: str = "studies.csv", split: Optional[str] = None, text_mode: str = "report",
-                 report_sections: Sequence[str] = REPORT_SECTIONS, report_rule: str = "any",
+    def __init__(self, root: str, csv: str = "studies.csv", split: Optional[str] = None,
+                 text_mode: Annotated[str, OneOf(TEXT_MODES)] = "report",
+                 report_sections: ReportSections = REPORT_SECTIONS, report_rule: ReportRule = "any",
                  views: Sequence[str] = ECHOPRIME_VIEWS, ef_column: Optional[str] = "EF",
                  finding_columns: Optional[Sequence[str]] = None, study_column: str = "study_id",
                  video_column: str = "video", view_column: Optional[str] = "view", report_column: str = "report",
-                 report_is_path: bool = True, split_column: Optional[str] = "split", num_frames: int = 16,
-                 stride: int = 2, clip_start: str = "auto", beat_seconds: Optional[float] = None,
-                 short_clips: str = "repeat", image_size: int = 64, channels: int = 3, square: str = "crop",
-                 mean: Stat = ECHONET_MEAN, std: Stat = ECHONET_STD, mask_sector: str = "dicom",
+                 report_is_path: bool = True, split_column: Optional[str] = "split", num_frames: Count = 16,
+                 stride: Count = 2, clip_start: ClipStart = "auto",
+                 beat_seconds: Optional[Annotated[float, POSITIVE]] = None, short_clips: ShortClips = "repeat",
+                 image_size: Count = 64, channels: Channels = 3, square: Square = "crop",
+                 mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD, mask_sector: MaskSector = "dicom",
                  skip_bad: bool = False, verify_videos: bool = False):
         super().__init__(params=locals())
         self._setup(self.decoder(split=split, num_frames=num_frames, stride=stride, clip_start=clip_start,

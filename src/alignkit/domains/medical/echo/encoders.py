@@ -10,17 +10,19 @@ For MONAI's 3D ResNet (the EchoPrime-style GPU config) use the core ``monai-resn
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Annotated, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.encoders.image import check_image
-from alignkit.core.params import check_choice
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import ENCODERS, ConfigError
 
 TEMPORAL_POOLS = ("mean", "mean_std")
+TemporalPool = Annotated[str, OneOf(TEMPORAL_POOLS)]
+Count = Annotated[int, AT_LEAST_ONE]
 
 
 def temporal_pool(frames: Tensor, pool: str) -> Tensor:
@@ -74,8 +76,8 @@ class R2Plus1DEncoder(nn.Module):
     loaded 2-core machine.
     """
 
-    def __init__(self, in_channels: int = 3, widths: Sequence[int] = (16, 32, 64), temporal_kernel: int = 3,
-                 pool: str = "mean_std", temporal_smoothing: int = 1):
+    def __init__(self, in_channels: Count = 3, widths: Sequence[Count] = (16, 32, 64), temporal_kernel: Count = 3,
+                 pool: TemporalPool = "mean_std", temporal_smoothing: Count = 1):
         super().__init__()
         check_choice(pool, TEMPORAL_POOLS, "echo-r2plus1d pool")
         if not widths or temporal_kernel < 1 or temporal_kernel % 2 == 0 or temporal_smoothing < 1 or \
@@ -136,9 +138,10 @@ class FactorisedVideoViT(nn.Module):
     :func:`temporal_pool`, ``output_dim`` = ``dim`` or ``2 dim``.
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 112, num_frames: int = 16, patch_size: int = 16,
-                 tubelet: int = 2, dim: int = 384, depth: int = 6, heads: int = 6, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, pool: str = "mean_std"):
+    def __init__(self, in_channels: Count = 3, image_size: Count = 112, num_frames: Count = 16, patch_size: Count = 16,
+                 tubelet: Count = 2, dim: Count = 384, depth: Count = 6, heads: Count = 6,
+                 mlp_ratio: Annotated[float, POSITIVE] = 4.0, dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
+                 pool: TemporalPool = "mean_std"):
         super().__init__()
         check_choice(pool, TEMPORAL_POOLS, "echo-video-vit pool")
         if image_size % patch_size or num_frames % tubelet or dim % heads:

@@ -13,14 +13,16 @@ Figures (all on the test split's studies, the training split as the retrieval in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Annotated, Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from alignkit.core import plots
+from alignkit.core.evaluators import Ks
 from alignkit.core.metrics import bidirectional_ranks, confusion_matrix, multilabel_auroc, rank_metrics
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE
 from alignkit.core.registry import EVALUATORS, ConfigError
 from alignkit.domains.medical.echo.interpret import StudySet, embed_studies, retrieve_labels
 from alignkit.domains.medical.echo.models import EchoClipModule
@@ -106,7 +108,8 @@ class EchoStudyEvaluator:
         k: studies retrieved per query; ks: R@K cut-offs; ridge_alpha: the EF probe's ridge penalty.
     """
 
-    def __init__(self, k: int = 5, ks: Sequence[int] = (1, 5, 10), ridge_alpha: float = 10.0):
+    def __init__(self, k: Annotated[int, AT_LEAST_ONE] = 5, ks: Ks = (1, 5, 10),
+                 ridge_alpha: Annotated[float, NON_NEGATIVE] = 10.0):
         self.k, self.ks, self.ridge_alpha = k, tuple(ks), ridge_alpha
 
     def __call__(self, model: Any, train_loader: Any, test_loader: Any, out_dir: Path) -> Dict[str, float]:

@@ -20,7 +20,7 @@ A report given as its sections (a list of ``S_b`` strings, ``text_mode: sections
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.core.module import AlignmentModule
-from alignkit.core.params import check_choice
+from alignkit.core.params import NON_NEGATIVE, OneOf, check_choice
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.medical.echo.archives import ECHOPRIME_VIEWS
 
@@ -59,8 +59,9 @@ class EchoClipModule(AlignmentModule):
     """
 
     def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None,
-                 views: Sequence[str] = ECHOPRIME_VIEWS, view_weight: float = 1.0, video: str = "video",
-                 text: str = "text", label_key: str = "label", section_pool: str = "embeddings"):
+                 views: Sequence[str] = ECHOPRIME_VIEWS, view_weight: Annotated[float, NON_NEGATIVE] = 1.0,
+                 video: str = "video", text: str = "text", label_key: str = "label",
+                 section_pool: Annotated[str, OneOf(SECTION_POOLS)] = "embeddings"):
         super().__init__(model, optim)
         check_choice(section_pool, SECTION_POOLS, "echo-clip section_pool")
         self.section_pool = section_pool

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,13 +21,14 @@ from PIL import Image
 from torch import Tensor
 
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.params import check_choice
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
-from alignkit.domains.medical.reports import split_sentences
+from alignkit.domains.medical.reports import CXR_HEADERS, REPORT_RULES, split_sentences
 from alignkit.domains.medical.xray.archives import (CheXpertReader, GenericCsvReader, MimicCxrJpgReader,
                                                     NIHChestXray14Reader)
-from alignkit.domains.medical.xray.images import Window, check_window, decode_xray
-from alignkit.domains.medical.xray.records import CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, XRayRecordReader
+from alignkit.domains.medical.xray.images import WINDOWS, Window, check_window, decode_xray
+from alignkit.domains.medical.xray.records import (BLANK_POLICIES, CHEXPERT_LABELS, NIH_LABELS, NO_FINDING,
+                                                   UNCERTAIN_POLICIES, XRayRecordReader)
 
 LAYOUTS = ("mimic", "chexpert", "nih", "csv")
 TEXT_MODES = ("report", "sentences")
@@ -39,6 +40,12 @@ DEFAULT_LABELS: Dict[str, Tuple[str, ...]] = {"mimic": CHEXPERT_LABELS, "chexper
                                               "nih": (*NIH_LABELS, NO_FINDING), "csv": ()}
 _DICOM_FIELDS = ("dcm", "dicom")
 _IMAGE_FIELDS = ("png", "jpg", "jpeg", *_DICOM_FIELDS)
+
+# what the dataset's parameters accept (checked when a config is loaded; the decoder and readers check them again)
+WindowOption = Union[Annotated[str, OneOf(WINDOWS)], Tuple[float, Annotated[float, Range(gt=1)]]]
+"""A named window or a DICOM linear window ``(center, width)`` with ``width > 1`` (:func:`check_window`)."""
+GreyStd = Union[Annotated[float, POSITIVE], Tuple[Annotated[float, POSITIVE]]]
+"""One positive number (grey images), or a list holding one."""
 
 
 def _grey_stat(value: Union[float, Sequence[float]], name: str) -> float:
@@ -143,16 +150,20 @@ class XRayReportDataset(PairedDataset):
     positives of its report (use the ``multi_positive`` loss).
     """
 
-    def __init__(self, layout: str = "mimic", root: Optional[str] = None, csv: Optional[str] = None,
-                 images_dir: Optional[str] = None, reports_root: Optional[str] = None, image_extension: str = "jpg",
-                 split: Optional[str] = None, image_size: int = 224, window: Window = "auto",
-                 frontal_only: bool = True, uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False,
+    def __init__(self, layout: Annotated[str, OneOf(LAYOUTS)] = "mimic", root: Optional[str] = None,
+                 csv: Optional[str] = None, images_dir: Optional[str] = None, reports_root: Optional[str] = None,
+                 image_extension: str = "jpg", split: Optional[str] = None,
+                 image_size: Annotated[int, AT_LEAST_ONE] = 224, window: WindowOption = "auto",
+                 frontal_only: bool = True, uncertain: Annotated[str, OneOf(UNCERTAIN_POLICIES)] = "ignore",
+                 blank: Annotated[str, OneOf(BLANK_POLICIES)] = "ignore", skip_bad: bool = False,
                  verify_images: bool = False, label_columns: Optional[Sequence[str]] = None,
-                 text_mode: str = "report", report_sections: Sequence[str] = ("findings", "impression"),
-                 report_rule: str = "any", image_column: str = "path", report_column: Optional[str] = None,
+                 text_mode: Annotated[str, OneOf(TEXT_MODES)] = "report",
+                 report_sections: Sequence[Annotated[str, OneOf(tuple(CXR_HEADERS))]] = ("findings", "impression"),
+                 report_rule: Annotated[str, OneOf(REPORT_RULES)] = "any", image_column: str = "path",
+                 report_column: Optional[str] = None,
                  report_is_path: bool = False, split_column: Optional[str] = None, view_column: Optional[str] = None,
                  study_column: Optional[str] = None, subject_column: Optional[str] = None,
-                 mean: Union[float, Sequence[float]] = 0.5, std: Union[float, Sequence[float]] = 0.5,
+                 mean: Union[float, Tuple[float]] = 0.5, std: GreyStd = 0.5,
                  masks_csv: Optional[str] = None, mask_classes: Optional[Sequence[str]] = None):
         super().__init__(params=locals())
         check_choice(layout, LAYOUTS, "cxr layout")

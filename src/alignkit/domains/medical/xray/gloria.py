@@ -27,7 +27,7 @@ Attention maps export as ``(B, L, h, w)`` grids (:func:`attention_maps`) and PNG
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Annotated, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ from matplotlib.axes import Axes
 from torch import Tensor, nn
 
 from alignkit.core.losses import LossOutput
+from alignkit.core.params import POSITIVE
 from alignkit.core.plots import new_figure, save_figure
 from alignkit.core.registry import LOSSES, ConfigError
 
 ImageLike = Union[Tensor, np.ndarray]
+Temperature = Annotated[float, POSITIVE]
 
 
 class WordRegionAttention(NamedTuple):
@@ -185,7 +187,7 @@ class GloriaLocalLoss(nn.Module):
     and image-to-report top-1 accuracies of ``Z``.
     """
 
-    def __init__(self, temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0):
+    def __init__(self, temp1: Temperature = 4.0, temp2: Temperature = 5.0, temp3: Temperature = 10.0):
         super().__init__()
         for name, value in (("temp1", temp1), ("temp2", temp2), ("temp3", temp3)):
             if value <= 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from alignkit.core.encoders.base import FrozenTower, TextItem
 from alignkit.core.encoders.image import FeatureMapEncoder, check_image, global_pool
 from alignkit.core.module import AlignmentModule
+from alignkit.core.params import NON_NEGATIVE, Range
 from alignkit.core.registry import MODELS, ConfigError
-from alignkit.domains.medical.xray.gloria import (GloriaLocalLoss, MergedWords, attention_maps, merge_subwords,
-                                                  plot_word_attention, word_region_attention)
+from alignkit.domains.medical.xray.gloria import (GloriaLocalLoss, MergedWords, Temperature, attention_maps,
+                                                  merge_subwords, plot_word_attention, word_region_attention)
 
 
 class RegionFeatures(NamedTuple):
@@ -80,9 +81,10 @@ class GloriaModule(AlignmentModule):
     global embedding and the regions; other towers (ViT) run twice.
     """
 
-    def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None, local_weight: float = 1.0,
-                 temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, image: str = "image",
-                 text: str = "text", local_batch: Optional[int] = None):
+    def __init__(self, model: Dict[str, Any], optim: Optional[Dict[str, Any]] = None,
+                 local_weight: Annotated[float, NON_NEGATIVE] = 1.0, temp1: Temperature = 4.0,
+                 temp2: Temperature = 5.0, temp3: Temperature = 10.0, image: str = "image", text: str = "text",
+                 local_batch: Optional[Annotated[int, Range(ge=2)]] = None):
         super().__init__(model, optim)
         for name in (image, text):
             if name not in self.towers:

@@ -11,13 +11,15 @@ with a positional MLP of the centres added before every block.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from alignkit.core.params import NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
-from alignkit.domains.pointcloud.models.pointnet2 import PointEncoder, PointFeatures, PointwiseMLP, with_features
+from alignkit.domains.pointcloud.models.pointnet2 import (Count, PointEncoder, PointFeatures, PointwiseMLP, Widths,
+                                                          with_features)
 from alignkit.domains.pointcloud.ops import farthest_point_sample, gather_points, group, knn, three_interpolate
 
 
@@ -56,10 +58,10 @@ class PointBERT(PointEncoder):
     ``num_groups=64`` for 1024 points (Point-BERT) or ``num_groups=512`` for 8192 points (ULIP).
     """
 
-    def __init__(self, in_features: int = 0, num_groups: int = 32, group_size: int = 32, embed_dim: int = 128,
-                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                 patch_mlp1: Sequence[int] = (64, 128), patch_mlp2: Sequence[int] = (256, 128),
-                 dense_mlp: Sequence[int] = (128, 128)):
+    def __init__(self, in_features: Annotated[int, NON_NEGATIVE] = 0, num_groups: Count = 32, group_size: Count = 32,
+                 embed_dim: Count = 128, depth: Count = 4, num_heads: Count = 4,
+                 mlp_ratio: Annotated[float, POSITIVE] = 2.0, dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
+                 patch_mlp1: Widths = (64, 128), patch_mlp2: Widths = (256, 128), dense_mlp: Widths = (128, 128)):
         super().__init__()
         if embed_dim % num_heads:
             raise ConfigError(f"pointbert embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")

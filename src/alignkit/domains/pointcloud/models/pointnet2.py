@@ -13,13 +13,18 @@ tower interface on top: ``forward -> (B, output_dim)``, ``forward_tokens -> (B, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Annotated, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
+
+Count = Annotated[int, AT_LEAST_ONE]
+Widths = Sequence[Count]
+"""The layer widths of a :class:`PointwiseMLP` (a config parameter of the point encoders)."""
 
 
 @dataclass
@@ -149,10 +154,10 @@ class PointNet2SSG(PointEncoder):
     ``fp_mlps=((256, 256), (256, 128), (128, 128, 128))`` for segmentation.
     """
 
-    def __init__(self, in_features: int = 0, npoints: Sequence[int] = (64, 16), radii: Sequence[float] = (0.2, 0.4),
-                 nsamples: Sequence[int] = (32, 16), mlps: Sequence[Sequence[int]] = ((32, 32, 64), (64, 64, 128)),
-                 global_mlp: Sequence[int] = (128, 256),
-                 fp_mlps: Sequence[Sequence[int]] = ((128, 128), (128, 128), (128, 128))):
+    def __init__(self, in_features: Annotated[int, NON_NEGATIVE] = 0, npoints: Sequence[Count] = (64, 16),
+                 radii: Sequence[Annotated[float, POSITIVE]] = (0.2, 0.4), nsamples: Sequence[Count] = (32, 16),
+                 mlps: Sequence[Widths] = ((32, 32, 64), (64, 64, 128)), global_mlp: Widths = (128, 256),
+                 fp_mlps: Sequence[Widths] = ((128, 128), (128, 128), (128, 128))):
         super().__init__()
         if not len(npoints) == len(radii) == len(nsamples) == len(mlps) >= 1:
             raise ConfigError(f"pointnet2-ssg needs npoints, radii, nsamples and mlps of one equal length >= 1; got "

@@ -10,13 +10,14 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE
 from alignkit.core.registry import DATASETS, ConfigError
 from alignkit.domains.pointcloud.rgbd.files import (COLOR_EXTENSIONS, IGNORE_INDEX, decode_color, decode_depth,
                                                     decode_labels)
@@ -143,8 +144,9 @@ class RGBDFramesDataset(PairedDataset):
     ``skipped`` instead. Frames are checked when read (decoded), not while indexing.
     """
 
-    def __init__(self, root: str, split: str = "train", num_points: int = 2048, depth_scale: float = 1000.0,
-                 seed: Optional[int] = 0, world_frame: bool = False, center: bool = False, skip_bad: bool = False):
+    def __init__(self, root: str, split: str = "train", num_points: Annotated[int, AT_LEAST_ONE] = 2048,
+                 depth_scale: Annotated[float, POSITIVE] = 1000.0, seed: Optional[int] = 0, world_frame: bool = False,
+                 center: bool = False, skip_bad: bool = False):
         super().__init__(params=locals())
         self._decoder = RGBDFrameDecoder(num_points=num_points, seed=seed, world_frame=world_frame, center=center)
         self.root = Path(root)
