@@ -132,6 +132,9 @@ def _problem(value: Any, annotation: Any) -> Optional[str]:
         problems = [_problem(value, a) for a in args]
         if any(p is None for p in problems):
             return None
+        same_kind = [p for a, p in zip(args, problems) if _same_kind(value, a)]
+        if len(same_kind) == 1:  # e.g. a mapping for Optional[Mapping[...]]: say what inside it is wrong
+            return same_kind[0]
         return f"must be {describe(annotation)}"
     if origin is typing.Literal:
         hint = did_you_mean(value, [str(c) for c in args]) if isinstance(value, str) else ""
@@ -178,6 +181,22 @@ def plain(value: Any) -> Any:
         from omegaconf import OmegaConf
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def _same_kind(value: Any, annotation: Any) -> bool:
+    """Whether ``annotation`` is the kind of thing ``value`` is (a mapping, a list, a string, a number)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _same_kind(value, typing.get_args(annotation)[0])
+    if isinstance(value, Mapping):
+        return origin in (dict, abc.Mapping, abc.MutableMapping)
+    if isinstance(value, (list, tuple)):
+        return origin in (list, tuple, abc.Sequence, abc.MutableSequence)
+    if isinstance(value, str):
+        return annotation is str or origin is typing.Literal
+    if isinstance(value, (int, float)):
+        return annotation in (int, float, bool)
+    return False
 
 
 def check_value(value: Any, annotation: Any) -> Optional[str]:

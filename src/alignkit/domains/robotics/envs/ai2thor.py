@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
 
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.domains.robotics.envs.base import ENVS, LanguageEnv, Observation
 from alignkit.domains.robotics.envs.instructions import AI2THOR_INSTRUCTIONS, object_words, pick_phrasing
@@ -150,8 +151,9 @@ class AI2ThorEnv(LanguageEnv):
 
     def __init__(self, executable_path: Optional[str] = None, scenes: Sequence[str] = ("FloorPlan1",),
                  tasks: Sequence[str] = ("pickup/Apple", "open/Fridge", "open/Microwave", "toggle_on/Faucet"),
-                 image_size: int = 64, max_steps: int = 100, grid_size: float = 0.25,
-                 rotate_degrees: float = 90.0, look_degrees: float = 30.0, platform: Optional[str] = None,
+                 image_size: Annotated[int, AT_LEAST_ONE] = 64, max_steps: Annotated[int, AT_LEAST_ONE] = 100,
+                 grid_size: Annotated[float, POSITIVE] = 0.25, rotate_degrees: Annotated[float, POSITIVE] = 90.0,
+                 look_degrees: Annotated[float, POSITIVE] = 30.0, platform: Optional[str] = None,
                  paraphrase: bool = True):
         for task in tasks:
             parse_task(task)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Tuple, Union
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI levels with gymnasium)
@@ -30,12 +30,17 @@ from minigrid.envs.babyai.core.roomgrid_level import RoomGridLevel
 from minigrid.envs.babyai.core.verifier import ObjDesc, PickupInstr
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
+from alignkit.core.params import AT_LEAST_ONE, OneOf, Range
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.domains.robotics.envs.base import ENVS, LanguageEnv, Observation
 
 IMAGE_MODES = ("symbolic", "rgb")
 SYMBOLIC_SCALE = np.array([25, 51, 127], dtype=np.uint8)  # object 0..10, colour 0..5, state 0..2 -> 0..255
 VIEW = 7  # cells in the agent's view (Minigrid's agent_view_size)
+MIN_ROOM_SIZE = 3  # Minigrid's RoomGrid asserts room_size >= 3 (walls included)
+
+ImageMode = Annotated[str, OneOf(IMAGE_MODES)]
+Count = Annotated[int, AT_LEAST_ONE]
 
 
 def symbolic_image(grid: np.ndarray, cell_pixels: int) -> np.ndarray:
@@ -111,8 +116,8 @@ class BabyAIEnv(_BabyAIBase):
     success, which a random policy often reaches (``docs/robotics.md``): PickupLoc is the better language test.
     """
 
-    def __init__(self, levels: Union[str, List[str]] = "BabyAI-PickupLoc-v0", image_mode: str = "symbolic",
-                 cell_pixels: int = 8, max_steps: int = 64):
+    def __init__(self, levels: Union[str, List[str]] = "BabyAI-PickupLoc-v0", image_mode: ImageMode = "symbolic",
+                 cell_pixels: Count = 8, max_steps: Count = 64):
         super().__init__(image_mode, cell_pixels, max_steps)
         self.task_names = [levels] if isinstance(levels, str) else list(levels)
         known = [name for name in gym.registry if name.startswith("BabyAI-")]
@@ -172,8 +177,9 @@ class BabyAIChainEnv(_BabyAIBase):
     within ``subtask_steps`` steps. The expert is the BabyAI bot, replanned for each instruction.
     """
 
-    def __init__(self, chain_len: int = 5, num_objs: int = 8, room_size: int = 8, subtask_steps: int = 64,
-                 image_mode: str = "symbolic", cell_pixels: int = 8):
+    def __init__(self, chain_len: Count = 5, num_objs: Count = 8,
+                 room_size: Annotated[int, Range(ge=MIN_ROOM_SIZE)] = 8, subtask_steps: Count = 64,
+                 image_mode: ImageMode = "symbolic", cell_pixels: Count = 8):
         if not 1 <= chain_len <= num_objs:
             raise ConfigError(f"babyai-chain: chain_len must be in 1..num_objs ({num_objs}), got {chain_len}")
         super().__init__(image_mode, cell_pixels, chain_len * subtask_steps)

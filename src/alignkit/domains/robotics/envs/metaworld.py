@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # CPU rendering; must precede the first `import mujoco`
 
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
+from alignkit.core.params import AT_LEAST_ONE, Range  # noqa: E402
 from alignkit.core.registry import ConfigError, did_you_mean  # noqa: E402
 from alignkit.domains.robotics.envs.base import ENVS, LanguageEnv, Observation  # noqa: E402
 from alignkit.domains.robotics.envs.instructions import METAWORLD_INSTRUCTIONS, pick_phrasing  # noqa: E402
@@ -90,7 +91,9 @@ class MetaWorldEnv(LanguageEnv):
     """
 
     def __init__(self, tasks: Union[str, List[str]] = "reach-v3", cameras: Sequence[str] = ("corner",),
-                 image_size: int = 64, state_indices: Optional[List[int]] = None, max_steps: int = 200,
+                 image_size: Annotated[int, AT_LEAST_ONE] = 64,
+                 state_indices: Optional[List[Annotated[int, Range(ge=0, lt=OBS_DIM)]]] = None,
+                 max_steps: Annotated[int, Range(ge=1, le=MAX_PATH_LENGTH)] = 200,
                  paraphrase: bool = True, antialias: bool = False, show_sites: bool = True):
         self.task_names = metaworld_tasks(tasks)
         self.cameras = list(cameras)

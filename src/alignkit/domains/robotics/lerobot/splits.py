@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, Range
 from alignkit.core.registry import DATASETS, ConfigError
 from alignkit.domains.robotics.lerobot.layout import INFO_PATH, PathLike
 from alignkit.domains.robotics.lerobot.reader import LeRobotDataset
+
+Side = Annotated[int, AT_LEAST_ONE]
+HoldoutFraction = Annotated[float, Range(gt=0, lt=1)]  # as split_episodes checks it
 
 
 def split_episodes(info: Mapping[str, Any], split: str, holdout: Optional[Mapping[str, float]] = None,
@@ -61,9 +65,10 @@ class LeRobotSplit(LeRobotDataset):
     episodes is empty (the DataModule then skips it).
     """
 
-    def __init__(self, root: PathLike, split: str = "train", window: int = 1, cameras: Optional[Sequence[str]] = None,
-                 image_size: Optional[Union[int, Tuple[int, int]]] = None, skip_bad: bool = False,
-                 holdout: Optional[Mapping[str, float]] = None, split_seed: int = 0, cache_frames: bool = False):
+    def __init__(self, root: PathLike, split: str = "train", window: Annotated[int, AT_LEAST_ONE] = 1,
+                 cameras: Optional[Sequence[str]] = None, image_size: Optional[Union[Side, Tuple[Side, Side]]] = None,
+                 skip_bad: bool = False, holdout: Optional[Mapping[str, HoldoutFraction]] = None,
+                 split_seed: Annotated[int, NON_NEGATIVE] = 0, cache_frames: bool = False):
         info_path = Path(root) / INFO_PATH
         if not info_path.is_file():
             raise FileNotFoundError(f"{root} is not a LeRobot dataset: no {INFO_PATH}")

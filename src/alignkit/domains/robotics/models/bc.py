@@ -16,8 +16,9 @@ from torch import nn
 from alignkit.core.encoders.heads import MLPHead
 from alignkit.core.registry import MODELS
 from alignkit.domains.robotics.models.action_head import ActionHead, Stats, plain_stats
-from alignkit.domains.robotics.models.inputs import TextSpec, check_model_section
-from alignkit.domains.robotics.models.policy_module import EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput
+from alignkit.domains.robotics.models.inputs import Dropout, LossWeight, Size, TextSpec, check_model_section
+from alignkit.domains.robotics.models.policy_module import (EncoderSpec, NumActions, PolicyInputs, PolicyModule,
+                                                            PolicyOutput, StateDim)
 
 
 @MODELS.register("lcbc")
@@ -30,11 +31,11 @@ class LCBCModule(PolicyModule):
 
     def __init__(self, cameras: Sequence[str] = ("image",), image_encoder: EncoderSpec = "voltron",
                  freeze_image_encoder: bool = True, feature_cache: bool = False, condition_features: bool = False,
-                 text_encoder: TextSpec = "minilm-l6", state_dim: int = 0, action_dim: int = 7, num_actions: int = 0,
-                 gripper_dims: Sequence[int] = (), gripper_threshold: float = 0.0,
+                 text_encoder: TextSpec = "minilm-l6", state_dim: StateDim = 0, action_dim: Size = 7,
+                 num_actions: NumActions = 0, gripper_dims: Sequence[int] = (), gripper_threshold: float = 0.0,
                  gripper_values: Tuple[float, float] = (-1.0, 1.0), stats: Optional[Stats] = None,
-                 hidden_dim: int = 256, num_layers: int = 2, dropout: float = 0.0, arm_weight: float = 1.0,
-                 gripper_weight: float = 0.01, optim: Optional[Dict[str, Any]] = None,
+                 hidden_dim: Size = 256, num_layers: Size = 2, dropout: Dropout = 0.0, arm_weight: LossWeight = 1.0,
+                 gripper_weight: LossWeight = 0.01, optim: Optional[Dict[str, Any]] = None,
                  model: Optional[Dict[str, Any]] = None):
         stats = plain_stats(stats)  # saved with the hyperparameters
         super().__init__(cameras, image_encoder, freeze_image_encoder, feature_cache, condition_features,

@@ -42,19 +42,20 @@ The defaults here are small, for CPUs.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from alignkit.core.encoders.heads import MLPHead
-from alignkit.core.params import check_choice
+from alignkit.core.params import NON_NEGATIVE, POSITIVE, OneOf, check_choice
 from alignkit.core.registry import MODELS, ConfigError
 from alignkit.domains.robotics.models.perceiver import PerceiverResampler, Transformer
 from alignkit.domains.robotics.models.action_head import ActionHead, Stats, plain_stats
-from alignkit.domains.robotics.models.inputs import TextSpec, check_model_section
+from alignkit.domains.robotics.models.inputs import Dropout, LossWeight, Size, TextSpec, check_model_section
 from alignkit.domains.robotics.models.patches import normalize_patches, patch_mse, patchify, sincos_position_embedding
-from alignkit.domains.robotics.models.policy_module import EncoderSpec, PolicyInputs, PolicyModule, PolicyOutput
+from alignkit.domains.robotics.models.policy_module import (EncoderSpec, NumActions, PolicyInputs, PolicyModule,
+                                                            PolicyOutput, StateDim)
 
 OBJECTIVES = ("policy", "video")
 PATCH_POSITIONS = ("sincos", "learned", "none")
@@ -120,18 +121,21 @@ class GR1Module(PolicyModule):
 
     def __init__(self, cameras: Sequence[str] = ("image",), image_encoder: EncoderSpec = "voltron",
                  freeze_image_encoder: bool = True, feature_cache: bool = False, condition_features: bool = False,
-                 text_encoder: TextSpec = "minilm-l6", state_dim: int = 0, action_dim: int = 7, num_actions: int = 0,
-                 gripper_dims: Sequence[int] = (), gripper_threshold: float = 0.0,
-                 gripper_values: Tuple[float, float] = (-1.0, 1.0), stats: Optional[Stats] = None, history: int = 4,
-                 width: int = 64, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 num_latents: int = 6, perceiver_depth: int = 2, perceiver_heads: int = 4,
-                 instruction_queries: bool = True, patch_positions: Union[bool, str] = True,
-                 learned_position_std: float = 0.5, feature_scale: float = 1.0, objective: str = "policy",
-                 predict_frames: bool = True, frame_camera: Optional[str] = None, frame_offset: int = 1,
-                 image_size: int = 64, frame_patch_size: int = 8, num_obs_queries: Optional[int] = None,
-                 frame_decoder_depth: int = 1, norm_pixel_loss: bool = True, arm_weight: float = 1.0,
-                 gripper_weight: float = 0.01, frame_weight: float = 0.1, optim: Optional[Dict[str, Any]] = None,
-                 model: Optional[Dict[str, Any]] = None):
+                 text_encoder: TextSpec = "minilm-l6", state_dim: StateDim = 0, action_dim: Size = 7,
+                 num_actions: NumActions = 0, gripper_dims: Sequence[int] = (), gripper_threshold: float = 0.0,
+                 gripper_values: Tuple[float, float] = (-1.0, 1.0), stats: Optional[Stats] = None, history: Size = 4,
+                 width: Size = 64, depth: Size = 2, heads: Size = 4, mlp_ratio: Annotated[float, POSITIVE] = 4.0,
+                 dropout: Dropout = 0.0, num_latents: Size = 6, perceiver_depth: Size = 2, perceiver_heads: Size = 4,
+                 instruction_queries: bool = True,
+                 patch_positions: Union[bool, Annotated[str, OneOf(PATCH_POSITIONS)]] = True,
+                 learned_position_std: Annotated[float, NON_NEGATIVE] = 0.5,
+                 feature_scale: Annotated[float, POSITIVE] = 1.0,
+                 objective: Annotated[str, OneOf(OBJECTIVES)] = "policy",
+                 predict_frames: bool = True, frame_camera: Optional[str] = None, frame_offset: Size = 1,
+                 image_size: Size = 64, frame_patch_size: Size = 8, num_obs_queries: Optional[Size] = None,
+                 frame_decoder_depth: Size = 1, norm_pixel_loss: bool = True, arm_weight: LossWeight = 1.0,
+                 gripper_weight: LossWeight = 0.01, frame_weight: LossWeight = 0.1,
+                 optim: Optional[Dict[str, Any]] = None, model: Optional[Dict[str, Any]] = None):
         stats = plain_stats(stats)  # saved with the hyperparameters
         super().__init__(cameras, image_encoder, freeze_image_encoder, feature_cache, condition_features,
                          text_encoder, state_dim, stats, arm_weight, gripper_weight, optim)

@@ -1,18 +1,26 @@
-"""What every robotics model reads: the camera frames of a dataset batch, a frozen core text tower, and the
-config's ``model`` section (which must not configure towers or objectives).
+"""What every robotics model reads: the camera frames of a dataset batch, a frozen core text tower, the
+config's ``model`` section (which must not configure towers or objectives), and the bounds of the config values
+the models share (:data:`Size`, :data:`Dropout`, :data:`LossWeight`, checked when a config is loaded).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
 from alignkit.core.encoders.base import build_encoder, freeze
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, Range
 from alignkit.core.registry import ConfigError
 
 IMAGE_KEY_PREFIX = "observation.images."
 TextSpec = Union[str, Mapping[str, Any]]
 """A core text encoder: an ``ENCODERS`` name or ``{"name", "params"}``."""
+Size = Annotated[int, AT_LEAST_ONE]
+"""A count or size of at least one: widths, depths, heads, image and patch sides, history steps, latents."""
+Dropout = Annotated[float, Range(ge=0, lt=1)]
+"""A dropout probability in [0, 1)."""
+LossWeight = Annotated[float, NON_NEGATIVE]
+"""The weight of a loss term (0 turns the term off)."""
 
 
 def check_model_section(model: Optional[Mapping[str, Any]], name: str) -> None:

@@ -10,7 +10,7 @@ returns a :class:`PolicyOutput`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import torch
@@ -19,12 +19,17 @@ from torch import Tensor, nn
 
 from alignkit.core.encoders.base import build_encoder, freeze
 from alignkit.core.optim import configure_adamw
+from alignkit.core.params import NON_NEGATIVE
 from alignkit.core.registry import ConfigError
 from alignkit.domains.robotics.models.action_head import ActionHead, ActionPrediction, Stats, plain_stats, stats_vector
 from alignkit.domains.robotics.models.inputs import TextSpec, camera_frames, frozen_text_tower
 
 EncoderSpec = Union[str, Mapping[str, Any], nn.Module]
 """An image encoder: an ``ENCODERS`` name, ``{"name", "params"}`` or a module."""
+StateDim = Annotated[int, NON_NEGATIVE]
+"""``S`` of ``observation.state`` (0: the policy reads no state)."""
+NumActions = Annotated[int, NON_NEGATIVE]
+"""The number of discrete actions (0: continuous actions, see :class:`ActionHead`)."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import torch
@@ -43,14 +43,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alignkit.core.optim import configure_adamw
-from alignkit.core.params import check_choice
+from alignkit.core.params import FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError
-from alignkit.domains.robotics.models.inputs import TextSpec, camera_frames, check_model_section, frozen_text_tower
+from alignkit.domains.robotics.models.inputs import (LossWeight, Size, TextSpec, camera_frames, check_model_section,
+                                                     frozen_text_tower)
 from alignkit.domains.robotics.models.patches import (normalize_patches, patch_mse, patchify, random_patch_mask,
                                                       sincos_position_embedding)
 from alignkit.domains.robotics.models.perceiver import Transformer
 
 VARIANTS = ("v-cond", "v-dual", "v-gen")
+NUM_FRAMES = (1, 2)  # v-cond reads one frame; v-dual and v-gen two (initial and current)
+MaskRatio = Annotated[float, Range(ge=0, lt=1)]  # as random_patch_mask checks it
 EXPORT_FORMAT = "alignkit-voltron-encoder"
 
 
@@ -104,13 +107,14 @@ class VoltronEncoder(nn.Module):
     single patch shows, while its first layers keep it (measured on BabyAI: ``docs/robotics.md``).
     """
 
-    def __init__(self, img_size: int = 64, patch_size: int = 8, in_channels: int = 3, width: int = 96, depth: int = 4,
-                 heads: int = 4, mlp_ratio: float = 4.0, num_frames: int = 1, text_encoder: TextSpec = "minilm-l6",
-                 max_lang_tokens: int = 20):
+    def __init__(self, img_size: Size = 64, patch_size: Size = 8, in_channels: Size = 3, width: Size = 96,
+                 depth: Size = 4, heads: Size = 4, mlp_ratio: Annotated[float, POSITIVE] = 4.0,
+                 num_frames: Annotated[int, OneOf(NUM_FRAMES)] = 1, text_encoder: TextSpec = "minilm-l6",
+                 max_lang_tokens: Size = 20):
         super().__init__()
         if img_size % patch_size:
             raise ConfigError(f"voltron img_size {img_size} must be a multiple of patch_size {patch_size}")
-        check_choice(num_frames, (1, 2), "voltron num_frames")
+        check_choice(num_frames, NUM_FRAMES, "voltron num_frames")
         self.config = dict(img_size=img_size, patch_size=patch_size, in_channels=in_channels, width=width, depth=depth,
                            heads=heads, mlp_ratio=mlp_ratio, num_frames=num_frames, text_encoder=text_encoder,
                            max_lang_tokens=max_lang_tokens)
@@ -202,7 +206,7 @@ class VoltronEncoder(nn.Module):
 
 
 @ENCODERS.register("voltron-pretrained")
-def load_voltron_encoder(path: str, feature_layer: Optional[int] = None) -> VoltronEncoder:
+def load_voltron_encoder(path: str, feature_layer: Optional[Annotated[int, NON_NEGATIVE]] = None) -> VoltronEncoder:
     """A :class:`VoltronEncoder` from a folder written by :meth:`VoltronEncoder.export` (in eval mode), giving the
     features of ``feature_layer`` (see :class:`VoltronEncoder`; None: the last layer)."""
     folder = Path(path)
@@ -254,11 +258,12 @@ class VoltronModule(L.LightningModule):
     (BabyAI's symbolic view), whose standardised targets are all zero and teach nothing.
     """
 
-    def __init__(self, variant: str = "v-cond", img_size: int = 64, patch_size: int = 8, in_channels: int = 3,
-                 width: int = 96, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, decoder_width: int = 64,
-                 decoder_depth: int = 2, decoder_heads: int = 4, mask_ratio: float = 0.75,
-                 text_encoder: TextSpec = "minilm-l6", max_lang_tokens: int = 20, gen_ratio: float = 0.5,
-                 lm_weight: float = 0.5, norm_pixel_loss: bool = True, cameras: Optional[Sequence[str]] = None,
+    def __init__(self, variant: Annotated[str, OneOf(VARIANTS)] = "v-cond", img_size: Size = 64, patch_size: Size = 8,
+                 in_channels: Size = 3, width: Size = 96, depth: Size = 4, heads: Size = 4,
+                 mlp_ratio: Annotated[float, POSITIVE] = 4.0, decoder_width: Size = 64, decoder_depth: Size = 2,
+                 decoder_heads: Size = 4, mask_ratio: MaskRatio = 0.75, text_encoder: TextSpec = "minilm-l6",
+                 max_lang_tokens: Size = 20, gen_ratio: Annotated[float, FRACTION] = 0.5, lm_weight: LossWeight = 0.5,
+                 norm_pixel_loss: bool = True, cameras: Optional[Sequence[str]] = None,
                  optim: Optional[Dict[str, Any]] = None, model: Optional[Mapping[str, Any]] = None):
         super().__init__()
         check_model_section(model, "voltron")
