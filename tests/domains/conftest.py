@@ -52,3 +52,16 @@ def assert_refused() -> Callable[[Path, Sequence[str], str, str, str], None]:
         message = str(err.value)
         assert f"{key} = {shown} for " in message and allowed in message, message
     return check
+
+
+@pytest.fixture
+def assert_params_refused() -> Callable[[str, str, dict, str], None]:
+    """``(kind, name, {key: value}, allowed)``: the registry refuses that one parameter of the constructor,
+    naming the key, the value and what is ``allowed`` (for constructors no shipped config uses)."""
+    def check(kind: str, name: str, params: dict, allowed: str) -> None:
+        (key, value), = params.items()
+        with pytest.raises(ConfigError) as err:
+            REGISTRIES[kind].check_params(name, params, "params")
+        message = str(err.value)
+        assert f"params.{key} = {value!r} for {kind} '{name}'" in message and allowed in message, message
+    return check
