@@ -154,3 +154,34 @@ def test_resume_takes_latest_or_a_checkpoint_path(tmp_path: Path) -> None:
 def _config_path() -> Path:
     from alignkit.core.config import resolve_config_path
     return resolve_config_path(CONFIG)
+
+
+def test_a_missing_data_root_is_two_lines_naming_it_with_exit_2(tmp_path: Path) -> None:
+    """As a user sees it: a fresh process, its status and stderr."""
+    import subprocess
+    import sys
+    missing = tmp_path / "no-such-folder"
+    done = subprocess.run([sys.executable, "-m", "alignkit.cli", "train", "-c", "core/shapes_demo",
+                           f"data.params.root={missing}", f"out_dir={tmp_path}"], capture_output=True, text=True)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert err[-2].startswith("alignkit: error:") and str(missing) in err[-2] and "--debug" in err[-1]
+
+
+def test_a_bad_value_names_its_key_and_debug_shows_the_traceback(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "-c", "core/shapes_demo", f"data.params.root={tmp_path}", "data.batch_size=-4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="data.batch_size"):
+        main(args + ["--debug"])
+
+
+def test_an_error_from_a_loader_worker_prints_the_original_last_line() -> None:
+    from alignkit.cli import user_error_message
+    wrapped = ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1\nValueError: cannot decode image 'a.png' (pairs.csv row 3)")
+    assert user_error_message(wrapped) == ("alignkit: error: ValueError: cannot decode image 'a.png' "
+                                           "(pairs.csv row 3)")

@@ -7,6 +7,10 @@
     alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N] [key=value ...]
     alignkit export RUN --out DIR [--ckpt PATH]
     alignkit bench  NAME -c CONFIG [key=value ...]     (e.g. bench xray: BenchX-style comparison)
+    alignkit validate -c CONFIG [key=value ...] [--out DIR] [--workers N]
+
+A user error (a missing path, a bad config value, a corrupt file) prints one or two lines naming the path or
+key and exits with status 2; ``--debug`` (anywhere on the line) shows the traceback instead.
 
 Config overrides are ``key=value`` items anywhere after the subcommand (Hydra's form: dotted keys, list
 indices as ``objectives.0.loss``, YAML values), also accepted as ``--set key=value ...`` and LightningCLI's
@@ -90,6 +94,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from alignkit.core.config import to_plain
+    from alignkit.core.validate import format_report, validate_dataset
+    cfg = _load(args)
+    data = to_plain(cfg.data)
+    splits = [data.get(f"{role}_split", role) for role in ("train", "val", "test")]
+    out = Path(args.out) if args.out else Path("runs") / f"validate-{cfg.get('name', 'config')}"
+    report = validate_dataset(data["dataset"], data.get("params") or {}, [s for s in splits if s is not None], out,
+                              workers=args.workers)
+    for line in format_report(report):
+        print(line)
+    print(f"report written to {out / 'validation.json'}")
+    return 0 if report.ok else 1
+
+
 def missing_extras() -> List[str]:
     """Domains whose packages are not installed (found without importing anything)."""
     out = []
@@ -152,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "evaluate, export and benchmark models from configs, run the demos.",
                                 epilog="Overrides: key=value after the subcommand, e.g. "
                                        "alignkit train -c core/shapes_demo data.batch_size=32 trainer.max_steps=100")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
@@ -200,23 +220,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ckpt", help="checkpoint (default RUN/checkpoints/last.ckpt)")
     sp.set_defaults(func=cmd_export)
 
+    sp = sub.add_parser("validate", help="read every item of every split through the configured readers and "
+                        "report failed, skipped and flat or saturated items (exit 1 on errors)")
+    with_config(sp)
+    sp.add_argument("--out", help="folder for validation.json and contact sheets (default runs/validate-NAME)")
+    sp.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
+    sp.set_defaults(func=cmd_validate)
+
     for name in COMMANDS.names():  # the domains' subcommands (interpret, convert, collect, ...)
         COMMANDS.get(name)(sub)
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+"""What a user's input causes: a bad config value (ConfigError is a ValueError), a missing or unreadable path, a
+corrupt file (alignkit's readers raise ValueError naming it), a missing extra. Printed without a traceback."""
+
+
+def user_error_message(exc: BaseException) -> str:
+    """One or two lines for ``exc``: its message; for an error re-raised from a DataLoader worker (whose message
+    carries the worker's traceback) the original error's last line."""
     from alignkit.core.registry import ConfigError
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].strip()
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    kind = "config error" if isinstance(exc, ConfigError) else "error"
+    return f"alignkit: {kind}: {text or type(exc).__name__}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in rest  # accepted anywhere on the line
     parser = build_parser()
-    args = parser.parse_args(rest)
+    args = parser.parse_args([t for t in rest if t != "--debug"])
+    args.debug = debug
     if overrides and not getattr(args, "takes_overrides", False):
         parser.error(f"alignkit {args.command} takes no config overrides, got: {' '.join(overrides)}")
     args.overrides = overrides
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"alignkit: config error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(user_error_message(exc), file=sys.stderr)
+        print("(run `alignkit --debug ...` for the traceback)", file=sys.stderr)
         return 2
 
 
