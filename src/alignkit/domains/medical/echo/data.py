@@ -29,6 +29,7 @@ from torch import Tensor
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
+from alignkit.domains.medical.dicom import DICOM_MODALITIES, ULTRASOUND_MODALITIES, check_modalities
 from alignkit.domains.medical.echo.archives import (ECHOPRIME_VIEWS, REPORT_SECTIONS, EchoNetReader, EchoStudy,
                                                     EchoStudyTableReader, EchoVideoRecord)
 from alignkit.domains.medical.echo.loading import ECHO_SUFFIXES, SECTOR_MASKING, load_echo, probe_echo
@@ -62,6 +63,9 @@ Std = Union[Annotated[float, POSITIVE], Sequence[Annotated[float, POSITIVE]]]
 MaskSector = Annotated[str, OneOf(SECTOR_MASKING)]
 ReportSections = Sequence[Annotated[str, OneOf(tuple(ECHO_HEADERS))]]
 ReportRule = Annotated[str, OneOf(REPORT_RULES)]
+Modalities = Optional[Sequence[Annotated[str, OneOf(DICOM_MODALITIES)]]]
+"""DICOM Modality values a dataset reads (default US and IVUS); None reads any (a CT or MR file is refused by
+default, naming its modality: :func:`~alignkit.domains.medical.dicom.check_modality`)."""
 
 
 def resolve_clip_start(clip_start: str, split: Optional[str]) -> str:
@@ -79,7 +83,8 @@ class EchoClipDecoder:
 
     ``video``: the clip's frames chosen by :class:`~alignkit.domains.medical.echo.transforms.SampleClip`
     (``num_frames``, ``stride``, ``clip_start``, ``beat_seconds``; a short video padded by ``short_clips``),
-    decoded by :func:`~alignkit.domains.medical.echo.loading.load_echo` (``mask_sector``), then
+    decoded by :func:`~alignkit.domains.medical.echo.loading.load_echo` (``mask_sector``; DICOM files of a
+    modality outside ``modalities`` are refused, None accepts any), then
     :func:`~alignkit.domains.medical.echo.transforms.frame_transforms` (``image_size``, ``channels``,
     ``square``, ``mean``, ``std``): float32 ``(channels, num_frames, image_size, image_size)``.
 
@@ -107,8 +112,10 @@ class EchoClipDecoder:
     text_mode: str = "report"
     report_sections: Tuple[str, ...] = REPORT_SECTIONS
     report_rule: str = "any"
+    modalities: Optional[Tuple[str, ...]] = ULTRASOUND_MODALITIES
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", check_modalities(self.modalities))
         check_choice(self.short_clips, SHORT_CLIPS, "short_clips")
         check_choice(self.mask_sector, SECTOR_MASKING, "mask_sector")
         check_choice(self.text_mode, TEXT_MODES, "text_mode")
@@ -136,7 +143,8 @@ class EchoClipDecoder:
 
     def video(self, data: bytes, name: str, dicom: Optional[bool] = None) -> Tensor:
         """Video file bytes -> the float32 clip ``(channels, num_frames, image_size, image_size)`` a tower sees."""
-        decoded = load_echo(data, select=self._select, mask_sector=self.mask_sector, name=name, dicom=dicom)
+        decoded = load_echo(data, select=self._select, mask_sector=self.mask_sector, name=name, dicom=dicom,
+                            modalities=self.modalities)
         clip = torch.from_numpy(decoded.frames).permute(3, 0, 1, 2).float()
         out = self._frames(clip)
         return (out.as_tensor() if isinstance(out, MetaTensor) else out).float().contiguous()
@@ -212,7 +220,7 @@ class EchoVideoDataset(PairedDataset):
             frames, fps = record.frames, record.fps
             if frames <= 0 or (decoder.beat_seconds is not None and not math.isfinite(fps)):
                 try:
-                    info = probe_echo(record.path)
+                    info = probe_echo(record.path, modalities=decoder.modalities)
                 except ValueError as exc:
                     return self._bad(record, str(exc))
                 frames, fps = info.frames, info.fps
@@ -247,8 +255,9 @@ class EchoNetDataset(EchoVideoDataset):
         root: the folder holding ``FileList.csv``, ``Videos/`` (``videos_dir``) and ``VolumeTracings.csv``.
         split: ``train``/``val``/``test`` (compared case-insensitively with the FileList's ``Split``); None: all.
         num_frames, stride, clip_start, beat_seconds, short_clips, image_size, channels, square, mean, std,
-            mask_sector: the decoder's (:class:`EchoClipDecoder`); ``clip_start="auto"`` is random for training
-            and centred otherwise (:func:`resolve_clip_start`).
+            mask_sector, modalities: the decoder's (:class:`EchoClipDecoder`); ``clip_start="auto"`` is random for
+            training and centred otherwise (:func:`resolve_clip_start`); ``modalities``: the DICOM Modality
+            values read (default US, IVUS; None: any).
         view_column, views: an optional FileList column naming each video's view, and the view vocabulary
             (``class_names``; ``label`` is the index of the view).
         skip_bad, verify_videos: the reader's (bad rows raise naming file and row, or are listed in ``skipped``).
@@ -263,11 +272,13 @@ class EchoNetDataset(EchoVideoDataset):
                  square: Square = "crop", mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD,
                  mask_sector: MaskSector = "dicom", videos_dir: str = "Videos",
                  file_list: str = "FileList.csv", view_column: Optional[str] = None,
-                 views: Sequence[str] = ECHOPRIME_VIEWS, skip_bad: bool = False, verify_videos: bool = False):
+                 views: Sequence[str] = ECHOPRIME_VIEWS, skip_bad: bool = False, verify_videos: bool = False,
+                 modalities: Modalities = ULTRASOUND_MODALITIES):
         super().__init__(params=locals())
         self._setup(self.decoder(split=split, num_frames=num_frames, stride=stride, clip_start=clip_start,
                                  beat_seconds=beat_seconds, short_clips=short_clips, image_size=image_size,
-                                 channels=channels, square=square, mean=mean, std=std, mask_sector=mask_sector),
+                                 channels=channels, square=square, mean=mean, std=std, mask_sector=mask_sector,
+                                 modalities=modalities),
                     views, skip_bad)
         self.reader = EchoNetReader(root, split=split, videos_dir=videos_dir, file_list=file_list,
                                     view_column=view_column, skip_bad=skip_bad, verify_videos=verify_videos)
@@ -292,11 +303,12 @@ class EchoNetDataset(EchoVideoDataset):
     def decoder(cls, split: Optional[str] = None, num_frames: int = 16, stride: int = 2, clip_start: str = "auto",
                 beat_seconds: Optional[float] = None, short_clips: str = "repeat", image_size: int = 64,
                 channels: int = 3, square: str = "crop", mean: Stat = ECHONET_MEAN, std: Stat = ECHONET_STD,
-                mask_sector: str = "dicom") -> EchoClipDecoder:
+                mask_sector: str = "dicom",
+                modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES) -> EchoClipDecoder:
         return EchoClipDecoder(num_frames=num_frames, stride=stride, clip_start=resolve_clip_start(clip_start, split),
                                beat_seconds=beat_seconds, short_clips=short_clips, image_size=image_size,
                                channels=channels, square=square, mean=_as_tuple(mean), std=_as_tuple(std),
-                               mask_sector=mask_sector)
+                               mask_sector=mask_sector, modalities=check_modalities(modalities))
 
 
 @DATASETS.register("echo-studies")
@@ -316,7 +328,7 @@ class EchoStudyDataset(EchoVideoDataset):
             blank = ``-1``) in ``labels`` order (``finding_names``); default every column other than the
             structural ones and :data:`MEASUREMENT_COLUMNS`.
         study_column, video_column, view_column, report_column, report_is_path, split_column: the table's columns.
-        num_frames, ..., mask_sector, skip_bad, verify_videos: as for :class:`EchoNetDataset`.
+        num_frames, ..., mask_sector, skip_bad, verify_videos, modalities: as for :class:`EchoNetDataset`.
 
     ``groups[i]`` (the sample's ``group``) is the index of item ``i``'s study among ``studies``: all videos of a
     study are positives of its report.
@@ -333,12 +345,13 @@ class EchoStudyDataset(EchoVideoDataset):
                  beat_seconds: Optional[Annotated[float, POSITIVE]] = None, short_clips: ShortClips = "repeat",
                  image_size: Count = 64, channels: Channels = 3, square: Square = "crop",
                  mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD, mask_sector: MaskSector = "dicom",
-                 skip_bad: bool = False, verify_videos: bool = False):
+                 skip_bad: bool = False, verify_videos: bool = False, modalities: Modalities = ULTRASOUND_MODALITIES):
         super().__init__(params=locals())
         self._setup(self.decoder(split=split, num_frames=num_frames, stride=stride, clip_start=clip_start,
                                  beat_seconds=beat_seconds, short_clips=short_clips, image_size=image_size,
                                  channels=channels, square=square, mean=mean, std=std, mask_sector=mask_sector,
-                                 text_mode=text_mode, report_sections=report_sections, report_rule=report_rule),
+                                 text_mode=text_mode, report_sections=report_sections, report_rule=report_rule,
+                                 modalities=modalities),
                     views, skip_bad)
         self.reader = EchoStudyTableReader(
             Path(root) / csv, root=root, split=split, study_column=study_column, video_column=video_column,
@@ -400,9 +413,10 @@ class EchoStudyDataset(EchoVideoDataset):
                 beat_seconds: Optional[float] = None, short_clips: str = "repeat", image_size: int = 64,
                 channels: int = 3, square: str = "crop", mean: Stat = ECHONET_MEAN, std: Stat = ECHONET_STD,
                 mask_sector: str = "dicom", text_mode: str = "report",
-                report_sections: Sequence[str] = REPORT_SECTIONS, report_rule: str = "any") -> EchoClipDecoder:
+                report_sections: Sequence[str] = REPORT_SECTIONS, report_rule: str = "any",
+                modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES) -> EchoClipDecoder:
         return EchoClipDecoder(num_frames=num_frames, stride=stride, clip_start=resolve_clip_start(clip_start, split),
                                beat_seconds=beat_seconds, short_clips=short_clips, image_size=image_size,
                                channels=channels, square=square, mean=_as_tuple(mean), std=_as_tuple(std),
                                mask_sector=mask_sector, text_mode=text_mode, report_sections=tuple(report_sections),
-                               report_rule=report_rule)
+                               report_rule=report_rule, modalities=check_modalities(modalities))

@@ -1,22 +1,25 @@
 """Ultrasound DICOM cines (pydicom): frames, frame rate and the scan region from the header.
 
-:func:`read_dicom` decodes the frames a selector asks for (each once) to uint8 RGB; :func:`probe_dicom`
-reads the header only. Telling DICOM from other files is :func:`~alignkit.domains.medical.dicom.is_dicom`,
-shared with the X-ray readers. Sources (DICOM PS3.3): the Cine Module, C.7.6.5 (``FrameTime``,
-``FrameTimeVector``, ``CineRate``, ``RecommendedDisplayFrameRate``); the Image Pixel Module, C.7.6.3
-(``PhotometricInterpretation``, ``BitsStored``, ``PixelData`` (7FE0,0010)); the US Region Calibration Module,
-C.8.5.5 (``SequenceOfUltrasoundRegions``).
+:func:`read_dicom` decodes the frames a selector asks for (each once) to uint8 RGB through the display pipeline
+shared with the X-ray readers (:mod:`alignkit.domains.medical.dicom`: modality LUT, VOI or actual range,
+MONOCHROME1, palette and YBR to RGB), and refuses files of other modalities (CT, MR, ...) unless asked;
+:func:`probe_dicom` reads the header only. Telling DICOM from other files is
+:func:`~alignkit.domains.medical.dicom.is_dicom`, shared with the X-ray readers. Sources (DICOM PS3.3): the Cine
+Module, C.7.6.5 (``FrameTime``, ``FrameTimeVector``, ``CineRate``, ``RecommendedDisplayFrameRate``); the Image
+Pixel Module, C.7.6.3 (``PhotometricInterpretation``, ``BitsStored``, ``PixelData`` (7FE0,0010)); the US Region
+Calibration Module, C.8.5.5 (``SequenceOfUltrasoundRegions``).
 """
 from __future__ import annotations
 
 import math
 from collections import abc
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 from alignkit.core.video import DecodedFrames, FrameSelector, VideoProbe, VideoSource, select_frames
-from alignkit.domains.medical.dicom import decode_frame, frame_count, read_dataset
+from alignkit.domains.medical.dicom import (ULTRASOUND_MODALITIES, check_modality, frame_count, read_dataset,
+                                            render_frames)
 
 
 def _dicom_fps(ds: Any) -> float:
@@ -54,54 +57,38 @@ def ultrasound_region(ds: Any, rows: int, columns: int) -> Optional[np.ndarray]:
     return mask if mask.any() else None
 
 
-def _to_rgb8(stored: np.ndarray, ds: Any, where: str) -> np.ndarray:
-    """One decoded DICOM frame -> uint8 ``(H, W, 3)`` RGB.
-
-    PALETTE COLOR goes through ``pydicom.pixels.apply_color_lut`` (16-bit entries divided by 257); RGB and YBR
-    arrive as RGB from pydicom; MONOCHROME2 is repeated over three channels, MONOCHROME1 inverted first.
-    Samples of more than 8 bits are scaled by ``255 / (2^BitsStored - 1)``.
-    """
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    bits = int(ds.get("BitsStored", 8) or 8)
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-        rgb = apply_color_lut(stored, ds)
-        rgb = np.round(rgb / 257.0) if rgb.dtype.itemsize > 1 else rgb
-    elif stored.ndim == 3 and stored.shape[-1] == 3:
-        rgb = stored if bits <= 8 else stored * (255.0 / (2 ** bits - 1))
-    elif stored.ndim == 2 and photometric in ("MONOCHROME1", "MONOCHROME2"):
-        grey = stored.astype(np.float32) * (255.0 / (2 ** bits - 1)) if bits > 8 else stored
-        grey = 255 - grey if photometric == "MONOCHROME1" else grey
-        rgb = np.repeat(np.asarray(grey)[..., None], 3, axis=-1)
-    else:
-        raise ValueError(f"DICOM file {where}: photometric interpretation {photometric} with a frame of shape "
-                         f"{stored.shape} is not supported (RGB, YBR_*, PALETTE COLOR, MONOCHROME1/2 are)")
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-
-
-def read_dicom(source: VideoSource, select: Optional[FrameSelector],
-               where: str) -> Tuple[DecodedFrames, Optional[np.ndarray]]:
+def read_dicom(source: VideoSource, select: Optional[FrameSelector], where: str,
+               modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES
+               ) -> Tuple[DecodedFrames, Optional[np.ndarray]]:
     """Frames ``select`` asks for (each decoded once; all when None) of an existing DICOM path or bytes named
     ``where`` in errors, and the file's :func:`ultrasound_region` (None when it has no valid one).
 
-    Frames are uint8 ``(N, H, W, 3)`` RGB (see :func:`_to_rgb8`); ``fps`` from :func:`_dicom_fps`; the total is
-    ``NumberOfFrames`` (1 when absent). ``ValueError`` naming the file for an unreadable file, a file without
-    pixel data, an undecodable frame, an unsupported photometric interpretation, or indices outside the frames.
+    The file must be of one of ``modalities`` (default US and IVUS; None accepts any;
+    :func:`~alignkit.domains.medical.dicom.check_modality`). Frames are uint8 ``(N, H, W, 3)`` RGB from the shared
+    display pipeline (:func:`~alignkit.domains.medical.dicom.render_frames`, ``window="auto"``, one grey range for
+    all decoded frames; grey repeated over three channels): ``round(255 y)``. ``fps`` from :func:`_dicom_fps`; the
+    total is ``NumberOfFrames`` (1 when absent). ``ValueError`` naming the file for an unreadable file, one of
+    another modality, one without pixel data, a malformed header, an undecodable frame, an unsupported
+    photometric interpretation, or indices outside the frames.
     """
     ds = read_dataset(source, where)
-    total, fps = frame_count(ds), _dicom_fps(ds)
+    check_modality(ds, modalities, where)
+    total, fps = frame_count(ds, where), _dicom_fps(ds)
     indices = select_frames(select, total, fps, where)
-    decoded: Dict[int, np.ndarray] = {}
-    for k in np.unique(indices):
-        stored = decode_frame(ds, int(k), where)
-        decoded[int(k)] = _to_rgb8(stored, ds, where)
-    frames = np.stack([decoded[int(k)] for k in indices])
+    unique, inverse = np.unique(indices, return_inverse=True)
+    rendered = render_frames(ds, [int(k) for k in unique], where, uint8=True)
+    if rendered.ndim == 3:  # grey
+        rendered = np.repeat(rendered[..., None], 3, axis=-1)
+    frames = rendered[inverse.reshape(-1)]
     return DecodedFrames(frames, indices, total, fps), ultrasound_region(ds, frames.shape[1], frames.shape[2])
 
 
-def probe_dicom(source: VideoSource, where: str) -> VideoProbe:
+def probe_dicom(source: VideoSource, where: str,
+                modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES) -> VideoProbe:
     """Frame count (``NumberOfFrames``, 1 when absent), ``Rows``, ``Columns`` and :func:`_dicom_fps` of an existing
-    DICOM path or bytes, read without its pixel data; ``ValueError`` naming ``where`` for an unreadable file."""
+    DICOM path or bytes, read without its pixel data; ``ValueError`` naming ``where`` for an unreadable file, a
+    malformed NumberOfFrames, or a modality outside ``modalities`` (as :func:`read_dicom`)."""
     ds = read_dataset(source, where, pixels=False)
-    return VideoProbe(frames=frame_count(ds), height=int(ds.get("Rows", 0) or 0),
+    check_modality(ds, modalities, where)
+    return VideoProbe(frames=frame_count(ds, where), height=int(ds.get("Rows", 0) or 0),
                       width=int(ds.get("Columns", 0) or 0), fps=_dicom_fps(ds))

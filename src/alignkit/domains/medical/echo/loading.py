@@ -28,7 +28,7 @@ from monai.utils import ImageMetaKey, MetaKeys, ensure_tuple
 from alignkit.core.params import check_choice
 from alignkit.core.video import (FrameSelector, VideoProbe, VideoSource, probe_video, read_frames,
                                  source_name)
-from alignkit.domains.medical.dicom import is_dicom
+from alignkit.domains.medical.dicom import ULTRASOUND_MODALITIES, check_modalities, is_dicom
 from alignkit.domains.medical.echo.dicom import probe_dicom, read_dicom
 from alignkit.domains.medical.echo.sector import sector_mask
 
@@ -75,7 +75,8 @@ def _check_file(source: VideoSource) -> None:
 
 
 def load_echo(source: VideoSource, select: Optional[FrameSelector] = None, mask_sector: str = "dicom",
-              name: str = "", dicom: Optional[bool] = None) -> EchoVideo:
+              name: str = "", dicom: Optional[bool] = None,
+              modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES) -> EchoVideo:
     """Read an echo video (a path, or a file's bytes, e.g. from a shard) into an :class:`EchoVideo`.
 
     - AVI/MP4/MOV/MKV/WebM (PyAV, :func:`~alignkit.core.video.read_frames`): frames as RGB24; ``fps`` the
@@ -83,11 +84,15 @@ def load_echo(source: VideoSource, select: Optional[FrameSelector] = None, mask_
       With ``select``, decoding seeks to the keyframe before the first wanted frame and stops after the last
       (an intra-only codec such as FFV1 decodes just that range).
     - DICOM (pydicom, :func:`~alignkit.domains.medical.echo.dicom.read_dicom`; a ``.dcm``/``.dicom`` name or
-      the ``DICM`` mark): multi-frame cines and single frames; YBR_FULL / YBR_FULL_422 are converted to RGB by
-      pydicom, PALETTE COLOR through its lookup table, MONOCHROME1/2 repeated over three channels; JPEG
-      Baseline needs Pillow (or pylibjpeg/gdcm), RLE and uncompressed need nothing more. ``fps`` from
-      ``FrameTime`` (see :func:`~alignkit.domains.medical.echo.dicom._dicom_fps`). Only the wanted frames are
-      decoded.
+      the ``DICM`` mark): multi-frame cines and single frames, through the display pipeline shared with the
+      X-ray readers (:func:`~alignkit.domains.medical.dicom.render_frames`: modality LUT, the file's VOI or
+      else the actual range of the decoded frames, MONOCHROME1 inverted, PALETTE COLOR and YBR to RGB, grey
+      repeated over three channels); every transfer syntax the ``medical`` extra's plugins decode. ``fps``
+      from ``FrameTime`` (see :func:`~alignkit.domains.medical.echo.dicom._dicom_fps`). Only the wanted frames
+      are decoded. ``modalities``: the accepted Modality values (default US and IVUS; None: any); a CT, MR,
+      ... file is refused naming its modality
+      (:func:`~alignkit.domains.medical.dicom.check_modality`, which also says how files without a Modality
+      tag are judged).
 
     ``select(total, fps)`` returns the frame indices to decode, in output order (e.g.
     :meth:`~alignkit.domains.medical.echo.transforms.SampleClip.indices`); None decodes every frame.
@@ -97,16 +102,17 @@ def load_echo(source: VideoSource, select: Optional[FrameSelector] = None, mask_
     the file type (None decides by name and mark); ``name`` is what errors call the source.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for an unreadable,
-    corrupt or truncated one, a DICOM without pixel data, an unsupported photometric interpretation, or
-    indices outside the file's frames.
+    corrupt or truncated one, a DICOM of another modality, without pixel data or with a malformed header, an
+    unsupported photometric interpretation, or indices outside the file's frames.
     """
     check_choice(mask_sector, SECTOR_MASKING, "mask_sector")
+    modalities = check_modalities(modalities)
     where = source_name(source, name)
     _check_file(source)
     as_dicom = is_dicom_source(source) if dicom is None else dicom
     region: Optional[np.ndarray] = None
     if as_dicom:
-        decoded, region = read_dicom(source, select, where)
+        decoded, region = read_dicom(source, select, where, modalities)
     else:
         decoded = read_frames(source, select, where)
     frames = decoded.frames
@@ -118,13 +124,15 @@ def load_echo(source: VideoSource, select: Optional[FrameSelector] = None, mask_
                      fps=decoded.fps, sector=sector, source=where)
 
 
-def probe_echo(source: VideoSource, name: str = "") -> VideoProbe:
+def probe_echo(source: VideoSource, name: str = "",
+               modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES) -> VideoProbe:
     """Frame count, size and rate of a video or DICOM from its header, without decoding pixel data (``fps`` is
-    ``nan`` when the file does not say)."""
+    ``nan`` when the file does not say); a DICOM of a modality outside ``modalities`` is refused as by
+    :func:`load_echo`."""
     where = source_name(source, name)
     _check_file(source)
     if is_dicom_source(source):
-        return probe_dicom(source, where)
+        return probe_dicom(source, where, check_modalities(modalities))
     return probe_video(source, where)
 
 
@@ -132,16 +140,17 @@ def probe_echo(source: VideoSource, name: str = "") -> VideoProbe:
 
 
 class EchoVideoReader(ImageReader):
-    """A MONAI ``ImageReader`` that reads echo videos with :func:`load_echo` (same ``mask_sector``).
+    """A MONAI ``ImageReader`` that reads echo videos with :func:`load_echo` (same ``mask_sector``, ``modalities``).
 
     One file at a time. ``get_data`` gives the uint8 array ``(T, H, W, 3)`` with metadata ``spatial_shape``
     ``(T, H, W)``, ``original_channel_dim`` -1, ``fps``, ``total_frames`` and ``sector`` (the mask or None).
     """
 
-    def __init__(self, mask_sector: str = "dicom"):
+    def __init__(self, mask_sector: str = "dicom", modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES):
         super().__init__()
         check_choice(mask_sector, SECTOR_MASKING, "mask_sector")
         self.mask_sector = mask_sector
+        self.modalities = check_modalities(modalities)
 
     def verify_suffix(self, filename: Union[Sequence[PathLike], PathLike]) -> bool:
         return all(Path(f).suffix.lower() in ECHO_SUFFIXES for f in ensure_tuple(filename))
@@ -152,7 +161,7 @@ class EchoVideoReader(ImageReader):
         if len(files) != 1:
             raise ValueError(f"EchoVideoReader reads one video at a time, got {len(files)} files; videos differ "
                              "in length, so load them separately")
-        return load_echo(files[0], mask_sector=self.mask_sector)
+        return load_echo(files[0], mask_sector=self.mask_sector, modalities=self.modalities)
 
     def get_data(self, img: EchoVideo) -> Tuple[np.ndarray, Dict[str, Any]]:
         meta: Dict[str, Any] = {MetaKeys.SPATIAL_SHAPE: np.asarray(img.frames.shape[:3]),
@@ -168,8 +177,8 @@ class LoadEcho(Transform):
     Errors are not swallowed: a corrupt file raises the ``ValueError`` naming it.
     """
 
-    def __init__(self, mask_sector: str = "dicom"):
-        self.reader = EchoVideoReader(mask_sector=mask_sector)
+    def __init__(self, mask_sector: str = "dicom", modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES):
+        self.reader = EchoVideoReader(mask_sector=mask_sector, modalities=modalities)
 
     def __call__(self, filename: PathLike) -> MetaTensor:
         array, meta = self.reader.get_data(self.reader.read(filename))
@@ -181,9 +190,10 @@ class LoadEcho(Transform):
 class LoadEchod(MapTransform):
     """Dictionary version of :class:`LoadEcho`: replaces each ``keys`` path by its video ``MetaTensor``."""
 
-    def __init__(self, keys: Union[str, Sequence[str]], mask_sector: str = "dicom", allow_missing_keys: bool = False):
+    def __init__(self, keys: Union[str, Sequence[str]], mask_sector: str = "dicom", allow_missing_keys: bool = False,
+                 modalities: Optional[Sequence[str]] = ULTRASOUND_MODALITIES):
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadEcho(mask_sector=mask_sector)
+        self.loader = LoadEcho(mask_sector=mask_sector, modalities=modalities)
 
     def __call__(self, data: Mapping[str, Any]) -> Dict[str, Any]:
         d = dict(data)

@@ -1,7 +1,8 @@
 """Chest X-ray image decoding: PNG/JPEG (8- and 16-bit) and DICOM pixels to a float32 ``(H, W)`` array in
 ``[0, 1]`` where bone is bright.
 
-:func:`load_xray` reads a file (DICOM through pydicom: modality LUT, VOI LUT or window, MONOCHROME1 inverted,
+:func:`load_xray` reads a file (DICOM through the display pipeline shared with echo,
+:mod:`alignkit.domains.medical.dicom`: modality LUT, VOI LUT or window or the actual range, MONOCHROME1 inverted,
 multi-frame), :func:`decode_xray` a file's bytes. :class:`XRayImageReader` is the same loader as a MONAI
 ``ImageReader``, and :class:`LoadXRay` / :class:`LoadXRayd` are the MONAI array/dict transforms that start a
 pipeline::
@@ -12,7 +13,6 @@ pipeline::
 from __future__ import annotations
 
 import io
-from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -26,10 +26,9 @@ from monai.utils import ImageMetaKey, MetaKeys, ensure_tuple
 from PIL import Image
 
 from alignkit.core.registry import ConfigError, did_you_mean
-from alignkit.domains.medical.dicom import decode_frame, frame_count, is_dicom, read_dataset
+from alignkit.domains.medical.dicom import Window, frame_count, is_dicom, read_dataset, render_frame
 
 PathLike = Union[str, Path]
-Window = Union[str, Tuple[float, float]]
 ImageSize = Union[None, int, Tuple[int, int]]
 
 XRAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -102,73 +101,17 @@ def _read_bitmap(path: Union[Path, BinaryIO], window: Window, frame: int,
     return _scale(values, value_range, window), meta
 
 
-def _first(value: Any) -> float:
-    """The first value of a DICOM element that may hold several (WindowCenter/Width list alternative windows)."""
-    return float(value[0]) if isinstance(value, abc.Sequence) and not isinstance(value, str) else float(value)
-
-
-def _modality_range(ds: Any) -> Tuple[float, float]:
-    """The range of every storable value (``BitsStored``, ``PixelRepresentation``) after the modality LUT."""
-    from pydicom.pixels import apply_modality_lut
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) else (0, 2 ** bits - 1)
-    probe = np.arange(lo, hi + 1) if ds.get("ModalityLUTSequence") and hi - lo < 2 ** 16 else np.array([lo, hi])
-    out = apply_modality_lut(probe, ds)
-    return float(np.min(out)), float(np.max(out))
-
-
-def _has_voi(ds: Any) -> bool:
-    return bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
-
-
-def _apply_voi(values: np.ndarray, ds: Any) -> Tuple[np.ndarray, Tuple[float, float]]:
-    """``pydicom.pixels.apply_voi_lut`` with ``ds``'s first VOI, and that VOI's output range ``(lo, hi)``.
-
-    The range is the span of the LUT entries (VOI LUT Sequence), or the two clamped ends of the window
-    (Window Center/Width, LINEAR or SIGMOID). Inputs are clipped to a LUT's input range first: pydicom
-    indexes the LUT in the LUT's own dtype, which overflows for 8-bit LUTs.
-    """
-    from pydicom.pixels import apply_voi_lut
-    if ds.get("VOILUTSequence"):
-        entries, first = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor[:2])
-        probe = np.arange(first, first + (entries or 2 ** 16))  # every LUT entry
-        values = np.clip(values, probe[0], probe[-1])
-    else:
-        center, width = _first(ds.WindowCenter), abs(_first(ds.WindowWidth))
-        probe = np.array([center - 50 * width - 1, center + 50 * width + 1])
-    ends = apply_voi_lut(probe, ds)
-    return apply_voi_lut(values, ds), (float(np.min(ends)), float(np.max(ends)))
-
-
 def _read_dicom(path: Union[Path, BinaryIO], window: Window, frame: int,
                 where: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
-    """DICOM (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``, bone bright. The steps are
-    listed in :func:`load_xray`."""
+    """DICOM (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``, bone bright: frame ``frame``
+    through the shared display pipeline (:func:`~alignkit.domains.medical.dicom.render_frame`), colour to luma."""
     where = where or str(path)
     ds = read_dataset(path, where)
-    from pydicom.pixels import apply_modality_lut
-    frames = frame_count(ds)
-    if not 0 <= frame < frames:
-        raise ValueError(f"frame {frame} requested but DICOM file {where} has {frames} frame(s)")
-    stored = decode_frame(ds, frame if frames > 1 else None, where)
+    image = render_frame(ds, frame, where, window)
+    if image.ndim == 3:  # RGB, YBR or PALETTE COLOR, rendered as RGB
+        image = np.clip(image @ _LUMA, 0.0, 1.0).astype(np.float32)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    meta: Dict[str, Any] = {"format": "DICOM", "frames": frames, "frame": frame, "photometric": photometric}
-    if photometric in ("MONOCHROME1", "MONOCHROME2") and stored.ndim == 2:
-        values = apply_modality_lut(stored, ds)
-        if window == "auto" and _has_voi(ds):
-            values, value_range = _apply_voi(values, ds)
-        else:
-            value_range = _modality_range(ds)
-        image = _scale(values, value_range, window)
-        if photometric == "MONOCHROME1":
-            image = 1.0 - image
-    elif stored.ndim == 3 and stored.shape[-1] == 3:  # RGB, or YBR converted to RGB by pydicom
-        bits = int(ds.get("BitsStored", 8))
-        image = _scale(stored.astype(np.float32) @ _LUMA, (0.0, 2.0 ** bits - 1), window)
-    else:
-        raise ValueError(f"DICOM file {where}: photometric interpretation {photometric} with pixel array of shape "
-                         f"{stored.shape} is not supported (MONOCHROME1, MONOCHROME2, RGB and YBR are)")
-    return image, meta
+    return image, {"format": "DICOM", "frames": frame_count(ds, where), "frame": frame, "photometric": photometric}
 
 
 def _resize(image: np.ndarray, image_size: ImageSize) -> np.ndarray:
@@ -211,16 +154,20 @@ def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "au
     PNG / JPEG (Pillow): 8-bit grey and colour (converted to luma) are divided by 255, 16-bit grey
     (``I;16``) by 65535; ``frame`` picks a page of multi-page files.
 
-    DICOM (pydicom; a ``.dcm``/``.dicom`` name or the ``DICM`` mark), in this order:
+    DICOM (pydicom; a ``.dcm``/``.dicom`` name or the ``DICM`` mark) goes through the display pipeline shared
+    with the echo reader, :func:`~alignkit.domains.medical.dicom.render_frames`:
 
-    1. decode frame ``frame`` of the pixel data (``pydicom.pixels.pixel_array``; multi-frame files
-       decode that frame only);
-    2. ``pydicom.pixels.apply_modality_lut`` (Rescale Slope/Intercept or a Modality LUT);
+    1. decode frame ``frame`` of the pixel data (any transfer syntax pydicom's plugins decode; multi-frame
+       files decode that frame only), after checking the header (malformed tags raise naming the tag);
+    2. the modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence);
     3. by ``window``:
 
-       - ``"auto"`` (default): if the file has a VOI, ``pydicom.pixels.apply_voi_lut`` applies its first one
-         (a VOI LUT Sequence is preferred to Window Center/Width, as in pydicom) and the result is scaled
-         from that VOI's output range to ``[0, 1]``; otherwise as ``"none"``;
+       - ``"auto"`` (default): if the file has a VOI, its first one (a VOI LUT Sequence is preferred to Window
+         Center/Width, LINEAR or SIGMOID, as in ``pydicom.pixels.apply_voi_lut``), scaled from that VOI's
+         output range to ``[0, 1]``; otherwise the image's actual range: values of at most 8 bits without
+         rescale are display values (``x / (2^BitsStored - 1)``, as a PNG), others are scaled from their 0.5th
+         to 99.5th percentile (:func:`~alignkit.domains.medical.dicom.display_range`; a constant image keeps
+         its level in the storable range);
        - ``"none"``: the file's VOI is ignored and every storable value (``BitsStored``,
          ``PixelRepresentation``, through the modality LUT) is scaled linearly to ``[0, 1]``;
        - ``"minmax"``: the image's own minimum and maximum become 0 and 1;
@@ -228,7 +175,7 @@ def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "au
          ``clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)``;
 
     4. MONOCHROME1 (low values bright) is inverted, ``1 - y``, so bone is bright as in MONOCHROME2;
-       RGB/YBR files are converted to luma.
+       RGB, YBR and PALETTE COLOR files are rendered as RGB (divided by ``2^bits - 1``) and converted to luma.
 
     For PNG/JPEG ``window`` works the same with the file's bit-depth range as the storable range
     (``"auto"`` = ``"none"``; a ``(center, width)`` pair is in stored units, e.g. 0..65535).
@@ -236,8 +183,9 @@ def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "au
     ``image_size`` (``S`` or ``(H, W)``) resizes bilinearly (antialiased when shrinking); None keeps the size.
 
     Raises ``FileNotFoundError`` for a missing file, and ``ValueError`` naming the file for a corrupt or
-    truncated file, a DICOM without pixel data, an unsupported photometric interpretation or a ``frame``
-    outside the file's frames.
+    truncated file, a DICOM without pixel data, a malformed DICOM header (naming the tag), a transfer syntax no
+    installed plugin decodes (naming it and what to install), an unsupported photometric interpretation or a
+    ``frame`` outside the file's frames.
     """
     return _load(path, image_size, window, frame)[0]
 
