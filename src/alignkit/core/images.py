@@ -1,9 +1,16 @@
-"""Image decoding for paired records: file bytes -> float tensor, and the image-caption record decoder."""
+"""Image decoding for paired records: file bytes -> float tensor, and the image-caption record decoder.
+
+Decoding is strict: Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False (alignkit never sets it), so a
+truncated JPEG or PNG raises instead of coming back padded with grey. :func:`check_image_decodes` is the
+screening ``skip_bad`` readers run while indexing: a full decode, because ``Image.verify`` reads only a PNG's
+chunk checksums and a JPEG's headers and passes a truncated file.
+"""
 from __future__ import annotations
 
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -35,6 +42,16 @@ def load_image(data: bytes, image_size: int, channels: int) -> Tensor:
             img = img.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32).reshape(image_size, image_size, channels) / 255.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def check_image_decodes(path: Path) -> None:
+    """``ValueError`` unless the image file at ``path`` decodes in full (:func:`load_image`: every pixel is read and
+    converted), naming the file and Pillow's complaint."""
+    try:
+        load_image(path.read_bytes(), image_size=1, channels=3)
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, EOFError, ValueError, struct.error, ...
+        raise ValueError(f"corrupt image {path}: it does not decode in full ({type(exc).__name__}: {exc}); the file "
+                         "is damaged, truncated or not an image") from None
 
 
 def _image_field(raw: RawRecord) -> str:
@@ -92,4 +109,4 @@ class ImageTextDecoder:
         return sample
 
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image", "ImageTextDecoder"]
+__all__ = ["IMAGE_EXTENSIONS", "load_image", "check_image_decodes", "ImageTextDecoder"]

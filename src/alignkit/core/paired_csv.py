@@ -1,19 +1,17 @@
 """The registered ``paired-csv`` dataset: image-caption pairs listed in a CSV beside their image folder."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
 
-from PIL import Image
-
-from alignkit.core.images import IMAGE_EXTENSIONS, ImageTextDecoder
+from alignkit.core.images import IMAGE_EXTENSIONS, ImageTextDecoder, check_image_decodes
 from alignkit.core.paired import MISSING_VALUES, PairedDataset, RawValue, build_decoder
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf
+from alignkit.core.text import read_csv, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +46,16 @@ class PairedImageTextCSV(PairedDataset):
     (0-based, blank lines ignored) naming label k; labels must then lie in ``[0, len(names))``.
     Without that file ``class_names`` is None.
 
+    The CSV and ``classes.txt`` are decoded strictly (:mod:`alignkit.core.text`): UTF-8, or UTF-16/32 with a byte
+    order mark (BOM-less UTF-16 is recognised); a byte that is not text raises a ``ValueError`` naming the file,
+    row and byte offset.
+
     Bad rows (CSV rows counted 1-based after the header): a missing or unsupported image file, an
-    empty/NaN caption, a NaN or non-integer label, an empty/NaN group raise ``ValueError`` naming the image file and CSV
-    row while indexing; an image that exists but cannot be decoded raises when the item is read.
-    With ``skip_bad=True`` all of these (corrupt images too, checked with ``PIL.Image.verify`` while
-    indexing) are dropped instead, listed in ``self.skipped`` and counted in one logged warning.
+    empty/NaN caption, a NaN or non-integer label, an empty/NaN group, a cell that is not UTF-8 text raise
+    ``ValueError`` naming the image file and CSV row while indexing; an image that exists but cannot be decoded
+    raises when the item is read. With ``skip_bad=True`` all of these (undecodable images too: every image is
+    decoded in full while indexing, so a truncated JPEG or PNG is caught) are dropped instead, listed in
+    ``self.skipped`` and counted in one logged warning.
     """
 
     def __init__(self, root: str, split: str = "train", csv: str = "pairs.csv", image_column: str = "path",
@@ -67,7 +70,7 @@ class PairedImageTextCSV(PairedDataset):
         self.csv_path = self.root / csv
         if isinstance(hard_negative_columns, str):
             hard_negative_columns = [hard_negative_columns]
-        header, rows = self._read_csv()
+        header, rows, undecodable = self._read_csv(skip_bad)
         named = {"image_column": image_column, "text_column": text_column, "label_column": label_column,
                  "split_column": split_column, "group_column": group_column}
         named.update({f"hard_negative_columns[{k}]": c for k, c in enumerate(hard_negative_columns or [])})
@@ -76,9 +79,10 @@ class PairedImageTextCSV(PairedDataset):
                 raise ConfigError(f"{self.csv_path} has no column '{column}' (parameter {param})"
                                   f"{did_you_mean(column, header)}; its columns: {', '.join(header)}")
         classes_file = self.csv_path.parent / "classes.txt"
-        self.class_names = ([line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-                            if classes_file.is_file() else None)
-        group_ids = ({v: k for k, v in enumerate(sorted({r[group_column] for r in rows}))}
+        self.class_names = ([line.strip() for line in read_text(classes_file, what="class list").splitlines()
+                             if line.strip()] if classes_file.is_file() else None)
+        group_ids = ({v: k for k, v in enumerate(sorted({r[group_column] for n, r in enumerate(rows, start=1)
+                                                         if n not in undecodable}))}
                      if group_column is not None else {})  # missing values are rejected per row below
         self._items: List[_Item] = []
         in_split = 0
@@ -89,6 +93,8 @@ class PairedImageTextCSV(PairedDataset):
             rel = row[image_column].strip()
             where = f"{self.csv_path} row {n}"
             try:
+                if n in undecodable:
+                    raise ValueError(undecodable[n])
                 caption = self._caption(row[text_column])
                 label = self._label(row[label_column]) if label_column is not None else None
                 if group_column is not None and row[group_column].strip().lower() in MISSING_VALUES:
@@ -115,17 +121,13 @@ class PairedImageTextCSV(PairedDataset):
                 std: Sequence[float] = (0.5,)) -> ImageTextDecoder:
         return ImageTextDecoder(image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std))
 
-    def _read_csv(self) -> Tuple[List[str], List[Dict[str, str]]]:
+    def _read_csv(self, skip_bad: bool) -> Tuple[List[str], List[Dict[str, str]], Dict[int, str]]:
+        """Header, rows and (under ``skip_bad``) the rows holding bytes that are not text, with the complaint."""
         if not self.csv_path.is_file():
             raise FileNotFoundError(f"paired-csv: no CSV file {self.csv_path}; set root to the folder holding it "
                                     "and csv to its file name")
-        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [{k: (v if v is not None else "") for k, v in r.items()} for r in reader]
-        if not header:
-            raise ValueError(f"{self.csv_path} is empty; it needs a header row naming its columns")
-        return header, rows
+        table = read_csv(self.csv_path, bad_rows="list" if skip_bad else "raise")
+        return table.header, table.rows, table.undecodable
 
     @staticmethod
     def _caption(value: str) -> str:
@@ -158,11 +160,7 @@ class PairedImageTextCSV(PairedDataset):
         if not path.is_file():
             raise ValueError("image file not found")
         if check_decodable:
-            try:
-                with Image.open(path) as img:
-                    img.verify()
-            except Exception as exc:  # Pillow raises many types for corrupt files
-                raise ValueError(f"corrupt image ({type(exc).__name__}: {exc})") from None
+            check_image_decodes(path)
         return path
 
     def __len__(self) -> int:

@@ -13,6 +13,16 @@ Decoding:
 Encoding: :class:`VideoWriter` appends frames to one file (frame ``n`` has pts ``n``, time ``n / fps``)
 with any of :data:`VIDEO_CODECS`; :func:`write_video` writes a whole clip (or an animated GIF).
 
+Only real video files are read: :func:`open_video` accepts the containers of :data:`VIDEO_DEMUXERS` and a
+video stream whose codec is not text art (:data:`TEXT_ART_CODECS`). FFmpeg opens far more: its ``tty`` demuxer
+turns a ``.txt`` report that starts with an ANSI escape into "frames", and its image demuxers
+(``png_pipe``, ``jpeg_pipe``, ``image2``, ...) turn one still image (or a DICOM file's TIFF-like preamble)
+into a one-frame "video"; all of these are refused. A truncated file gives a :class:`VideoError` or the
+right frames, never fewer frames than the header promises and never frames decoded from garbage: frame
+``k`` is the frame at ``k / fps`` after the first frame's time stamp, a container without a frame count
+(Matroska, WebM) must hold packets for the duration its header states, and a frame the decoder marks
+corrupt is an error.
+
 Every failure is a :class:`VideoError` naming the file. Decoding runs one thread per file, so readers
 are safe in DataLoader worker processes.
 """
@@ -48,6 +58,18 @@ near-lossless at crf 18), ``libsvtav1`` (AV1, LeRobot's default), ``libx264rgb``
 FORMATS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 
 
+VIDEO_DEMUXERS: Dict[str, str] = {
+    "mov": "MP4/MOV", "mp4": "MP4/MOV", "avi": "AVI", "matroska": "MKV/WebM", "webm": "MKV/WebM",
+    "mpeg": "MPEG-PS/TS", "mpegts": "MPEG-PS/TS", "ogg": "Ogg", "flv": "FLV", "asf": "ASF/WMV", "gif": "GIF"}
+"""FFmpeg demuxer name -> what it reads: the containers :func:`open_video` accepts (FFmpeg names a demuxer
+like ``mov,mp4,m4a,3gp,3g2,mj2``; one listed part is enough). GIF is accepted because :func:`write_video`
+writes it; single images (``image2``, ``*_pipe``), raw elementary streams (``h264``, ``hevc``) and text
+(``tty``, ``bin``, ``xbin``) are not videos."""
+
+TEXT_ART_CODECS = ("ansi", "bintext", "xbin", "idf")
+"""FFmpeg "video" codecs that draw text (ANSI art, BinText, XBin, iCEDraw): never the video of a file."""
+
+
 class VideoError(ValueError):
     """A video file cannot be opened, decoded or written; the message names the file."""
 
@@ -67,30 +89,115 @@ def _av() -> Any:
 
 # ------------------------------------------------------------------------------------------------ decoding
 def open_video(source: VideoSource, where: str = "") -> Any:
-    """An open PyAV container of ``source`` (path or bytes) that has a video stream; :class:`VideoError` if not."""
+    """An open PyAV container of ``source`` (path or bytes) that has a video stream; :class:`VideoError` if not.
+
+    The demuxer must be one of :data:`VIDEO_DEMUXERS` and the first video stream's codec a real video codec
+    (not :data:`TEXT_ART_CODECS`, not a cover picture); the error names what FFmpeg found and what is accepted.
+    """
     av = _av()
     where = source_name(source, where)
     if not isinstance(source, (bytes, bytearray)) and not Path(source).is_file():
         raise FileNotFoundError(f"video file {where} not found")
+    accepted = f"accepted containers: {', '.join(dict.fromkeys(VIDEO_DEMUXERS.values()))}"
     try:
         container = av.open(io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else str(source))
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise VideoError(f"cannot open video {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
-                         "truncated or not a video") from exc
-    if not container.streams.video:
+                         f"truncated or not a video ({accepted})") from exc
+    try:
+        check_video_container(container, where, accepted)
+    except VideoError:
         container.close()
-        raise VideoError(f"{where} holds no video stream")
+        raise
     return container
 
 
-def stream_layout(container: Any, stream: Any) -> Tuple[int, float]:
-    """``(frames, fps)`` from the container header; frames counted from the packets when the header has none."""
+def check_video_container(container: Any, where: str, accepted: str = "") -> None:
+    """:class:`VideoError` unless ``container`` is a video container with a video stream (see :func:`open_video`)."""
+    av = _av()
+    demuxer = container.format.name
+    if not set(demuxer.split(",")) & set(VIDEO_DEMUXERS):
+        raise VideoError(f"{where} is not a video: FFmpeg reads it with its '{demuxer}' demuxer "
+                         f"({container.format.long_name}); {accepted or 'see VIDEO_DEMUXERS'}")
+    if not container.streams.video:
+        raise VideoError(f"{where} holds no video stream (container '{demuxer}')")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoError(f"{where}: FFmpeg has no decoder for its video stream (unknown codec, or a damaged or "
+                         "truncated header)")
+    codec = stream.codec_context.name
+    if codec in TEXT_ART_CODECS or stream.codec_context.type != "video":
+        raise VideoError(f"{where}: its first video stream is '{codec}' ({stream.codec.long_name}), text drawn as "
+                         "pictures, not a video")
+    if stream.disposition & av.stream.Disposition.attached_pic:
+        raise VideoError(f"{where}: its first video stream is an attached cover picture ('{codec}' in "
+                         f"'{demuxer}'), not a video")
+
+
+def stream_layout(container: Any, stream: Any, where: str = "") -> Tuple[int, float]:
+    """``(frames, fps)`` from the container header; frames counted from the packets when the header has none.
+
+    Counted frames must cover the duration the header states (``round(seconds * fps)`` frames; the stream's
+    duration, or the container's when the video is its only stream): fewer means the end of the file is
+    missing, a :class:`VideoError`.
+    """
     fps = float(stream.average_rate or stream.guessed_rate or math.nan)
     total = int(stream.frames or 0)
     if total <= 0:
-        total = sum(1 for packet in container.demux(stream) if packet.size)
-        container.seek(0)
+        av = _av()
+        try:
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+            container.seek(0)
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot read video {where or container.name} ({type(exc).__name__}: {exc}); the file is "
+                             "corrupt or truncated") from exc
+        seconds = header_seconds(container, stream)
+        promised = round(seconds * fps) if seconds is not None and math.isfinite(fps) else 0
+        if total < promised:
+            raise VideoError(f"video {where or container.name}: its header gives {seconds:.3f} s ({promised} frames at "
+                             f"{fps:g} fps) but the file holds {total} frame(s); the file is truncated")
     return total, fps
+
+
+def header_seconds(container: Any, stream: Any) -> Optional[float]:
+    """The video's duration in seconds as the header states it (None when it states none)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def first_pts(container: Any, stream: Any) -> int:
+    """The time stamp (pts) of frame 0: the least pts among the packets before the second keyframe (H.264 in
+    AVI starts at pts 1 while the stream's start time says 0), else the start time. Demuxes from the current
+    position: seek before decoding."""
+    lowest: Optional[int] = None
+    keyframes = 0
+    for n, packet in enumerate(container.demux(stream)):
+        keyframes += bool(packet.is_keyframe)
+        if not packet.size or keyframes > 1 or n >= 256:
+            break
+        if packet.pts is not None:
+            lowest = packet.pts if lowest is None else min(lowest, packet.pts)
+    return lowest if lowest is not None else int(stream.start_time or 0)
+
+
+def decode_from(container: Any, stream: Any, target: int, index: Callable[[Any], int], first: int) -> Iterator[Any]:
+    """Decoded frames of ``stream`` from the keyframe at or before pts ``target`` (frame ``first``; ``index`` maps a
+    frame to its index). When the seek lands after frame ``first`` or at the end (an AVI whose index is cut off
+    seeks by guessing), decoding starts again from the beginning of the file."""
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+    frames = container.decode(stream)
+    head = next(frames, None)
+    if head is None or (head.pts is not None and index(head) > first):
+        container.seek(0)
+        frames = container.decode(stream)
+        head = next(frames, None)
+    if head is None:
+        return  # (an exhausted PyAV generator raises StopIteration again when resumed by ``yield from``)
+    yield head
+    yield from frames
 
 
 def frame_rgb(frame: Any) -> np.ndarray:
@@ -126,39 +233,50 @@ def read_frames(source: VideoSource, select: Optional[FrameSelector] = None, nam
     """Decode the frames ``select`` asks for (all when None) from a video path or bytes.
 
     Seeks to the keyframe at or before the first wanted frame and decodes forward to the last one; a
-    frame's index is its presentation time times the stream's frame rate. :class:`VideoError` when the
-    file ends before a wanted frame.
+    frame's index is its presentation time after frame 0's (:func:`first_pts`) times the stream's frame rate.
+    :class:`VideoError` when a wanted frame is missing (the file ends early), corrupt, or cannot be decoded.
     """
     av = _av()
     where = source_name(source, name)
     with open_video(source, where) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # small frames: threads cost more than they give (workers parallelise)
-        total, fps = stream_layout(container, stream)
+        total, fps = stream_layout(container, stream, where)
         indices = select_frames(select, total, fps, where)
         first, last = int(indices.min()), int(indices.max())
         wanted = set(indices.tolist())
-        base = stream.start_time or 0
         seekable = first > 0 and math.isfinite(fps) and stream.time_base is not None
-        if seekable:
-            container.seek(base + int(first / fps / stream.time_base), stream=stream, backward=True)
         decoded: Dict[int, np.ndarray] = {}
         reached = -1
         try:
-            for count, frame in enumerate(container.decode(stream)):
-                k = count if not seekable or frame.pts is None else \
-                    round(float((frame.pts - base) * stream.time_base) * fps)
+            base = first_pts(container, stream) if seekable else 0
+
+            def index(frame: Any) -> int:
+                return round(float((frame.pts - base) * stream.time_base) * fps)
+
+            frames = decode_from(container, stream, base + int(first / fps / stream.time_base), index, first) \
+                if seekable else container.decode(stream)
+            for count, frame in enumerate(frames):
+                if seekable and frame.pts is None:
+                    raise VideoError(f"video {where}: a frame without a time stamp; frames after a seek cannot be "
+                                     "indexed")
+                k = index(frame) if seekable else count
                 reached = max(reached, k)
                 if k > last:
                     break
                 if k in wanted:
+                    if frame.is_corrupt:
+                        raise VideoError(f"frame {k} of video {where} decodes corrupt; the file is damaged")
                     decoded[k] = frame_rgb(frame)
         except (av.FFmpegError, ValueError) as exc:
+            if isinstance(exc, VideoError):
+                raise
             raise VideoError(f"cannot decode video {where} ({type(exc).__name__}: {exc}); the file is corrupt "
                              "or truncated") from exc
-    if len(decoded) < len(wanted):
-        raise VideoError(f"video {where} ended after frame {reached} of the {total} its header lists (frames up "
-                         f"to {last} wanted); the file is truncated or corrupt")
+    missing = sorted(wanted - set(decoded))
+    if missing:
+        raise VideoError(f"video {where}: no frame {', '.join(map(str, missing[:5]))} (of the {total} its header "
+                         f"lists; decoding reached frame {reached}); the file is truncated or corrupt")
     return DecodedFrames(np.stack([decoded[int(k)] for k in indices]), indices, total, fps)
 
 
@@ -177,7 +295,7 @@ def probe_video(source: VideoSource, name: str = "") -> VideoProbe:
     where = source_name(source, name)
     with open_video(source, where) as container:
         stream = container.streams.video[0]
-        total, fps = stream_layout(container, stream)
+        total, fps = stream_layout(container, stream, where)
         return VideoProbe(frames=total, height=int(stream.height), width=int(stream.width), fps=fps)
 
 
@@ -185,11 +303,9 @@ def video_frame_count(path: PathLike) -> int:
     """Number of frames in the first video stream of ``path`` (from the container header when it has one)."""
     with open_video(path) as container:
         stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        if stream.duration is not None and stream.average_rate:
+        if not stream.frames and stream.duration is not None and stream.average_rate:
             return int(round(float(stream.duration * stream.time_base * stream.average_rate)))
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        return stream_layout(container, stream, str(path))[0]  # counts packets when the header has no count
 
 
 def video_feature_info(path: PathLike) -> Dict[str, Any]:
@@ -207,8 +323,8 @@ def video_feature_info(path: PathLike) -> Dict[str, Any]:
 class VideoFrameReader:
     """Random access to the frames of one video file without decoding it whole.
 
-    Frame ``k`` is the frame at time ``k / fps``. To read frames ``[a, b]``, the reader seeks to the
-    keyframe at or before ``a`` and decodes forward to ``b``; a request that starts at most
+    Frame ``k`` is the frame at time ``k / fps`` after frame 0's (:func:`first_pts`). To read frames ``[a, b]``,
+    the reader seeks to the keyframe at or before ``a`` and decodes forward to ``b``; a request that starts at most
     ``forward_limit`` frames after the decoder's position decodes forward without seeking (sequential
     reads). The last ``keep`` decoded frames are kept, so overlapping windows decode each frame once.
     Decoding uses one thread, so a reader is safe to drop in a forked process.
@@ -223,6 +339,12 @@ class VideoFrameReader:
         self._container = open_video(self.path)
         self._stream = self._container.streams.video[0]
         self._stream.codec_context.thread_count = 1
+        try:
+            self._origin = first_pts(self._container, self._stream)
+        except _av().FFmpegError as exc:
+            self._container.close()
+            raise VideoError(f"cannot read video {self.path} ({type(exc).__name__}: {exc}); the file is corrupt or "
+                             "truncated") from exc
         self._to_rgb = VideoReformatter()  # keeps its swscale context: ~15x faster than frame.to_ndarray("rgb24")
         self._frames: Optional[Iterator[Any]] = None
         self._next = 0  # index of the frame the open decoder yields next
@@ -240,17 +362,20 @@ class VideoFrameReader:
     def _decode(self, missing: List[int]) -> Dict[int, np.ndarray]:
         av = _av()
         first, last = missing[0], missing[-1]
-        if self._frames is None or not 0 <= first - self._next <= self.forward_limit:
-            offset = int(first / (self.fps * self._stream.time_base))
-            self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
-            self._frames = self._container.decode(self._stream)
         remaining = set(missing)
         out: Dict[int, np.ndarray] = {}
         try:
+            if self._frames is None or not 0 <= first - self._next <= self.forward_limit:
+                offset = self._origin + int(first / (self.fps * self._stream.time_base))
+                self._frames = decode_from(self._container, self._stream, offset, self._index, first)
             for frame in self._frames:
-                index = int(round(frame.time * self.fps))
+                if frame.pts is None:
+                    raise VideoError(f"{self.path}: a frame without a time stamp; frames cannot be indexed by time")
+                index = self._index(frame)
                 self._next = index + 1
-                if index >= first:
+                if frame.is_corrupt and index in remaining:
+                    raise VideoError(f"frame {index} of video {self.path} decodes corrupt; the file is damaged")
+                if index >= first and not frame.is_corrupt:  # a corrupt frame is never kept for a later read
                     image = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
                     self._recent[index] = image
                     if len(self._recent) > self.keep:
@@ -262,15 +387,20 @@ class VideoFrameReader:
                     break
             else:
                 self._frames = None  # the decoder is exhausted: the next read seeks
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, VideoError) as exc:
             self._frames = None
+            if isinstance(exc, VideoError):
+                raise
             raise VideoError(f"cannot decode video {self.path} ({type(exc).__name__}: {exc}); the file is corrupt "
                              "or truncated") from exc
         if remaining:
             first_missing = min(remaining)
-            raise VideoError(f"{self.path}: no frame at index {first_missing} (time {first_missing / self.fps:.4f} "
-                             f"s); the video ends before frame {self._next}")
+            raise VideoError(f"{self.path}: no frame at index {first_missing} (time "
+                             f"{float(first_missing / self.fps):.4f} s); the video ends before frame {self._next}")
         return out
+
+    def _index(self, frame: Any) -> int:
+        return int(round((frame.pts - self._origin) * self._stream.time_base * self.fps))
 
     def close(self) -> None:
         self._container.close()

@@ -2,13 +2,11 @@
 error of a listed item that cannot be used."""
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.text import read_csv
 
 
 class BadRowError(ValueError):
@@ -16,17 +14,10 @@ class BadRowError(ValueError):
 
 
 def read_table(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    """Header and rows of a CSV file (``.csv`` or gzipped ``.csv.gz``; UTF-8, BOM tolerated)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no CSV file {path}")
-    raw = path.read_bytes()
-    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8-sig")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = list(reader.fieldnames or [])
-    if not header:
-        raise ValueError(f"{path} is empty; it needs a header row naming its columns")
-    rows = [{k: (v if v is not None else "") for k, v in r.items() if k is not None} for r in reader]
-    return header, rows
+    """Header and rows of a CSV file (``.csv`` or gzipped ``.csv.gz``), decoded by :func:`~alignkit.core.text.read_csv`:
+    UTF-8, or UTF-16/32 with a byte order mark; a byte that is not text raises a ``ValueError`` naming the row."""
+    table = read_csv(path)
+    return table.header, table.rows
 
 
 def require_columns(path: Path, header: Sequence[str], columns: Sequence[Tuple[str, Optional[str]]]) -> None:

@@ -7,12 +7,13 @@ loaders read), :class:`ShapeNet55Reader` (Point-BERT's ``shapenet_pc`` + ``Shape
 in a labels CSV); :func:`detect_modelnet40_layout` tells the two ModelNet40 layouts apart.
 
 Bad entries raise :class:`~alignkit.domains.pointcloud.clouds.PointFileError` naming the file and line, or
-are listed in ``skipped`` with ``skip_bad=True``. A reader's ``load`` gives a record's points
+are listed in ``skipped`` with ``skip_bad=True``. Class lists, split lists, ``taxonomy.json`` and label CSVs are
+decoded strictly (:mod:`alignkit.core.text`): a file that is not text raises a ``ValueError`` naming it and the
+byte offset (a CSV row that is not UTF-8 is a bad entry). A reader's ``load`` gives a record's points
 (:func:`~alignkit.domains.pointcloud.clouds.load_point_cloud`).
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 
 from alignkit.core.paired import MISSING_VALUES
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.text import read_csv, read_text
 from alignkit.domains.pointcloud.clouds import (UP_AXES, PointCloud, PointFileError, check_file, check_points,
                                                 check_suffix, load_point_cloud)
 from alignkit.domains.pointcloud.prompts import readable_class_name
@@ -87,12 +89,13 @@ class PointLayoutReader:
             return
         self.records.append(PointRecord(path, label, item_id, where, description=description))
 
-    def _read_lines(self, path: Path) -> List[Tuple[int, str]]:
+    def _read_lines(self, path: Path, what: str = "split file") -> List[Tuple[int, str]]:
         """Non-blank stripped lines of a split file with their 1-based numbers ([] if the file is absent)."""
         if not path.is_file():
             logger.warning("%s not found: split has no items", path)
             return []
-        return [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        lines = read_text(path, what=what).splitlines()
+        return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
 
     def load(self, record: PointRecord, surface_points: int = 8192, seed: int = 0, colors: bool = False) -> PointCloud:
         """The record's points (:func:`load_point_cloud`)."""
@@ -149,7 +152,7 @@ class ModelNet40ResampledReader(PointLayoutReader):
         names_file = self.root / f"{prefix}_shape_names.txt"
         if not names_file.is_file():
             raise ConfigError(f"{names_file} not found (ModelNet40 resampled layout needs the class list)")
-        keys = [line for _, line in self._read_lines(names_file)]
+        keys = [line for _, line in self._read_lines(names_file, what="class list")]
         self._set_classes(keys)
         index = {k: i for i, k in enumerate(keys)}
         split_file = self.root / f"{prefix}_{split}.txt"
@@ -212,7 +215,7 @@ class ShapeNet55Reader(PointLayoutReader):
     def _taxonomy_names(self) -> Dict[str, Tuple[str, ...]]:
         for path in (self.root / "taxonomy.json", self.root / "ShapeNet-55" / "taxonomy.json"):
             if path.is_file():
-                entries = json.loads(path.read_text())
+                entries = json.loads(read_text(path, what="ShapeNet taxonomy"))
                 return {e["synsetId"]: tuple(s.strip() for s in e["name"].split(",") if s.strip())
                         for e in entries if "synsetId" in e and "name" in e}
         return {}
@@ -304,18 +307,17 @@ class PointFolderReader(PointLayoutReader):
         self.csv_path = self.root / csv_name
         if not self.csv_path.is_file():
             raise ConfigError(f"point-folder: no CSV {self.csv_path}; set csv to the labels file in root")
-        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+        table = read_csv(self.csv_path, bad_rows="list" if skip_bad else "raise")
+        header, rows = table.header, table.rows
         for param, column in (("path_column", path_column), ("label_column", label_column),
                               ("split_column", split_column), ("text_column", text_column)):
             if column is not None and column not in header:
                 raise ConfigError(f"{self.csv_path} has no column '{column}' (parameter {param})"
                                   f"{did_you_mean(column, header)}; its columns: {', '.join(header)}")
         labels = [(r[label_column] or "").strip() for r in rows]
-        keys = list(class_names) if class_names is not None else sorted({v for v in labels
-                                                                         if v.lower() not in MISSING_VALUES})
+        keys = list(class_names) if class_names is not None else sorted(
+            {v for n, v in enumerate(labels, start=1)
+             if v.lower() not in MISSING_VALUES and n not in table.undecodable})
         self._set_classes(keys)
         index = {k: i for i, k in enumerate(keys)}
         for n, (row, label) in enumerate(zip(rows, labels), start=1):
@@ -323,6 +325,9 @@ class PointFolderReader(PointLayoutReader):
                 continue
             where = f"{self.csv_path} row {n}"
             rel = (row[path_column] or "").strip()
+            if n in table.undecodable:
+                self._reject(where, table.undecodable[n])
+                continue
             if label not in index:
                 self._reject(where, f"unknown class '{label}'{did_you_mean(label, keys)}")
                 continue

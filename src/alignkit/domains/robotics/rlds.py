@@ -23,6 +23,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from PIL import Image
 
+from alignkit.core.checkpoints import load_npz
+from alignkit.core.text import TextDecodeError, decode_text
 from alignkit.domains.robotics.episode import Episode, EpisodeError
 
 PathLike = Union[str, Path]
@@ -160,8 +162,16 @@ def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise EpisodeError(f"{where}: cannot decode its JPEG ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a full decode: a truncated JPEG raises here
+        raise EpisodeError(f"{where}: cannot decode its JPEG ({type(exc).__name__}: {exc})") from None
+
+
+def _instruction(value: bytes, where: str) -> str:
+    """A step's language instruction as text (:func:`~alignkit.core.text.decode_text`: UTF-8, never replaced)."""
+    try:
+        return decode_text(bytes(value), where)
+    except TextDecodeError as exc:
+        raise EpisodeError(str(exc)) from None
 
 
 def _single_task(instructions: Sequence[str], where: str) -> str:
@@ -174,7 +184,8 @@ def _single_task(instructions: Sequence[str], where: str) -> str:
 
 def episode_from_example(example: Dict[str, FeatureValue], cameras: Sequence[str], where: str) -> Episode:
     """An RLDS episode (parsed :func:`parse_example`) as an :class:`Episode` (cameras, state, action, task, extras)."""
-    instructions = [bytes(v).decode("utf-8") for v in example.get("steps/language_instruction", [])]
+    instructions = [_instruction(v, f"{where} step {t} language_instruction")
+                    for t, v in enumerate(example.get("steps/language_instruction", []))]
     steps = len(instructions) or len(example.get("steps/is_first", []))
     if steps == 0:
         raise EpisodeError(f"{where}: no steps (no steps/language_instruction or steps/is_first)")
@@ -241,8 +252,7 @@ def _example_episode(record: bytes, cameras: Sequence[str], where: str) -> Episo
 
 
 def _npz_loaders(src: Path, cameras: Sequence[str]) -> Iterator[Tuple[str, Callable[[], Episode]]]:
-    with np.load(src) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = load_npz(src)  # ValueError naming a truncated archive or an object array (refused)
     missing = [k for k in (*cameras, "state", "action", "language_instruction") if k not in arrays]
     if missing:
         raise KeyError(f"{src} lacks arrays {missing}; it has {sorted(arrays)}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from alignkit.core.paired import MISSING_VALUES
 from alignkit.core.registry import ConfigError
+from alignkit.core.text import TextDecodeError, read_text
 from alignkit.domains.medical.echo.loading import ECHO_SUFFIXES, VIDEO_SUFFIXES, load_echo
 from alignkit.domains.medical.reports import ECHO_HEADERS, EmptyReportError, check_report_rule, report_text
 from alignkit.domains.medical.tables import BadRowError, read_table, require_columns
@@ -150,7 +151,8 @@ class EchoRecordReader:
     """Base of the echo listing readers: bad-row handling and video checks.
 
     ``skipped``: ``(where, reason)`` of every row dropped under ``skip_bad=True``. A bad row (missing or
-    unsupported video file, non-numeric cell, missing or empty report, a study whose rows disagree, and with
+    unsupported video file, non-numeric cell, missing or empty report, a report file that is not text
+    (:func:`~alignkit.core.text.read_text`), a study whose rows disagree, and with
     ``verify_videos`` a video that cannot be decoded) raises a ``ValueError`` naming the file and row when
     ``skip_bad`` is False; when True it is dropped and listed (one warning is logged). Unknown columns are
     config errors (:class:`ConfigError`) either way. ``verify_videos`` decodes every video once while indexing
@@ -295,9 +297,11 @@ class EchoStudyTableReader(EchoRecordReader):
 
     Reports are checked with :func:`~alignkit.domains.medical.reports.report_text` (``ECHO_HEADERS``,
     ``report_sections``, ``report_rule``): a study with no report file, an empty report cell or no text under
-    those sections is bad. Bad studies and bad video rows (see :class:`EchoRecordReader`) raise naming the
-    table and rows, or under ``skip_bad`` are listed in ``skipped``: a bad video row drops that video, a bad
-    report (or a study left without videos) drops the whole study.
+    those sections is bad, as is a report file that is binary or not UTF-8 / UTF-16 / UTF-32 text (read strictly
+    by :func:`~alignkit.core.text.read_text`, never with replacement characters). Bad studies and bad video rows
+    (see :class:`EchoRecordReader`) raise naming the table and rows, or under ``skip_bad`` are listed in
+    ``skipped``: a bad video row drops that video, a bad report (or a study left without videos) drops the whole
+    study.
     """
 
     def __init__(self, csv: PathLike, root: Optional[PathLike] = None, split: Optional[str] = None,
@@ -382,7 +386,10 @@ class EchoStudyTableReader(EchoRecordReader):
             path = self.root / cell.strip()
             if not path.is_file():
                 raise BadRowError(f"report file {path} not found")
-            text = path.read_text(encoding="utf-8", errors="replace")
+            try:
+                text = read_text(path, what="report")
+            except TextDecodeError as exc:
+                raise BadRowError(str(exc)) from None
         else:
             text = cell
         report_text(text, self.report_sections, self.report_rule, source=str(path or f"column '{column}'"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.text import read_text
 from alignkit.domains.medical.reports import EmptyReportError
 from alignkit.domains.medical.tables import BadRowError, read_table, require_columns
 from alignkit.domains.medical.xray.images import XRAY_SUFFIXES, PathLike
@@ -239,7 +240,8 @@ class NIHChestXray14Reader(XRayRecordReader):
         lists = {"train": self.csv_path.parent / "train_val_list.txt", "test": self.csv_path.parent / "test_list.txt"}
         if not all(p.is_file() for p in lists.values()):
             return None
-        return {line.strip(): name for name, p in lists.items() for line in p.read_text().splitlines() if line.strip()}
+        return {line.strip(): name for name, p in lists.items()
+                for line in read_text(p, what="split list").splitlines() if line.strip()}
 
     def _find(self, name: str) -> Path:
         direct = self.images_dir / name

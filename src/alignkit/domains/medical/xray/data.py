@@ -7,7 +7,6 @@ protocol: ``raw(i)`` holds the image file's bytes, the report's training text an
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -24,6 +23,7 @@ from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.medical.reports import CXR_HEADERS, REPORT_RULES, split_sentences
+from alignkit.domains.medical.tables import read_table
 from alignkit.domains.medical.xray.archives import (CheXpertReader, GenericCsvReader, MimicCxrJpgReader,
                                                     NIHChestXray14Reader)
 from alignkit.domains.medical.xray.images import WINDOWS, Window, check_window, decode_xray
@@ -191,9 +191,7 @@ class XRayReportDataset(PairedDataset):
         ``mask_path`` or an image without a row means an empty mask for that class)."""
         if not path.is_file():
             raise ConfigError(f"cxr masks_csv not found: {path}")
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        header = list(rows[0]) if rows else []
+        header, rows = read_table(path)
         for column in ("dicom_id", "finding", "mask_path"):
             if column not in header:
                 raise ConfigError(f"{path} has no column '{column}'{did_you_mean(column, header)}")

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 from alignkit.core.paired import MISSING_VALUES
 from alignkit.core.registry import ConfigError, did_you_mean
+from alignkit.core.text import TextDecodeError, read_text
 from alignkit.domains.medical.reports import EmptyReportError, check_report_rule, report_text
 from alignkit.domains.medical.tables import BadRowError
 from alignkit.domains.medical.xray.images import XRAY_SUFFIXES, load_xray
@@ -80,7 +81,8 @@ class XRayRecordReader:
       (``"zeros"``) or ``1.0`` (``"ones"``);
     - ``blank``: a blank label cell (not mentioned) becomes ``nan`` (``"ignore"``) or ``0.0`` (``"zeros"``);
     - ``skip_bad``: a bad image row (missing image file, label cell other than 1/0/-1/blank, missing report,
-      report without the wanted sections, and with ``verify_images`` an undecodable image) raises a
+      report that is not text (:func:`~alignkit.core.text.read_text`: binary, or bytes that are not UTF-8 /
+      UTF-16 / UTF-32), report without the wanted sections, and with ``verify_images`` an undecodable image) raises a
       ``ValueError`` naming the file and row when False; when True it is skipped and listed in ``skipped``
       (one warning is logged). Unknown columns are config errors (:class:`ConfigError`) either way;
     - ``verify_images``: decode every image once while indexing (slow; for small archives or a one-off
@@ -192,4 +194,8 @@ class XRayRecordReader:
     def _report_file(self, path: Path) -> str:
         if not path.is_file():
             raise BadRowError(f"report file {path} not found")
-        return self._report(path.read_text(encoding="utf-8", errors="replace"), source=str(path))
+        try:
+            text = read_text(path, what="report")
+        except TextDecodeError as exc:
+            raise BadRowError(str(exc)) from None
+        return self._report(text, source=str(path))

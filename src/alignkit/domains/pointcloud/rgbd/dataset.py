@@ -19,6 +19,7 @@ from torch import Tensor
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE
 from alignkit.core.registry import DATASETS, ConfigError
+from alignkit.core.text import read_text
 from alignkit.domains.pointcloud.rgbd.files import (COLOR_EXTENSIONS, IGNORE_INDEX, decode_color, decode_depth,
                                                     decode_labels)
 from alignkit.domains.pointcloud.rgbd.geometry import BackProjection, backproject
@@ -123,7 +124,7 @@ def read_class_names(root: PathLike) -> List[str]:
     path = Path(root) / "classes.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: list the class names, one per line, line k naming label k")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path, what="class list").splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class RGBDFramesDataset(PairedDataset):
             raise FileNotFoundError(f"rgbd-frames: no split file {split_file}; list the scene folders of split "
                                     f"'{split}' in it, one per line")
         self._frames: List[_FrameRef] = []
-        for n, line in enumerate(split_file.read_text().splitlines(), start=1):
+        for n, line in enumerate(read_text(split_file, what="split file").splitlines(), start=1):
             name = line.strip()
             if not name:
                 continue

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from alignkit.core.registry import ConfigError
+from alignkit.core.text import read_text
 
 PathLike = Union[str, Path]
 
@@ -36,7 +37,7 @@ def read_intrinsics(path: PathLike) -> Tensor:
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
-            values = json.loads(path.read_text())["intrinsic_matrix"]
+            values = json.loads(read_text(path, what="intrinsics file"))["intrinsic_matrix"]
             if len(values) != 9:
                 raise ValueError(f"intrinsic_matrix has {len(values)} numbers, expected 9")
             k = np.asarray(values, dtype=np.float64).reshape(3, 3).T  # column-major
@@ -71,7 +72,8 @@ def read_trajectory_log(path: PathLike) -> Dict[int, Tensor]:
     Each entry is a metadata line whose first integer is the frame id, then 4 rows of 4 numbers.
     """
     path = Path(path)
-    lines = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    text = read_text(path, what="trajectory log")
+    lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines or len(lines) % 5:
         raise ValueError(f"{path}: {len(lines)} non-empty lines; a trajectory log has 5 per frame "
                          "(a 'id id count' line and 4 matrix rows)")

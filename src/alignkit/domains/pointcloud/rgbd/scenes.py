@@ -8,6 +8,7 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor
 
+from alignkit.core.text import read_text
 from alignkit.domains.pointcloud.rgbd.files import (COLOR_EXTENSIONS, decode_color, decode_depth, decode_labels,
                                                     read_intrinsics, read_pose, read_trajectory_log)
 
@@ -43,9 +44,9 @@ def find_intrinsics(scene: PathLike) -> Path:
             return scene / rel
     for candidate in sorted(scene.glob("*.json")):
         try:
-            if "intrinsic_matrix" in json.loads(candidate.read_text()):
+            if "intrinsic_matrix" in json.loads(read_text(candidate, what="JSON file")):
                 return candidate
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        except (ValueError, TypeError):  # not text, not JSON (TextDecodeError, json.JSONDecodeError)
             continue
     raise FileNotFoundError(f"no camera intrinsics in {scene}: looked for {', '.join(INTRINSIC_TXT)} and a *.json "
                             "with Open3D's 'intrinsic_matrix'")
