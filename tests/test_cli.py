@@ -142,10 +142,13 @@ def test_resume_takes_latest_or_a_checkpoint_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no checkpoint at .*other.ckpt"):
         resume_checkpoint(cfg, str(tmp_path / "other.ckpt"))
     (tmp_path / "other.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="other.ckpt: not a torch checkpoint"):  # checked before the run starts
+        resume_checkpoint(cfg, str(tmp_path / "other.ckpt"))
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 3}, tmp_path / "other.ckpt")
     assert resume_checkpoint(cfg, str(tmp_path / "other.ckpt")) == tmp_path / "other.ckpt"
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"x")
+    torch.save({"state_dict": {}, "global_step": 5}, last)
     assert resume_checkpoint(cfg, "latest") == last and resume_checkpoint(cfg, True) == last
     with pytest.raises(ConfigError, match="already holds a checkpoint"):
         resume_checkpoint(cfg, None)

@@ -27,9 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from alignkit.core.checkpoints import load_safetensors, read_json
 from alignkit.core.images import ImageTextDecoder
 from alignkit.core.registry import MODELS
 from alignkit.version import __version__
@@ -183,7 +184,7 @@ class AlignedModel:
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is not an alignkit model folder: {cfg_file} is missing "
                                     f"(create one with `alignkit export RUN --out DIR`)")
-        meta = json.loads(cfg_file.read_text())
+        meta = read_json(cfg_file)
         model_cfg = meta["model"]
         for spec in model_cfg["towers"].values():
             params = spec.get("params", {})
@@ -191,7 +192,7 @@ class AlignedModel:
                 params["tokenizer_path"] = str(path / params["tokenizer_path"])
         name, params = meta.get("model_class", "alignment"), meta.get("model_params", {})
         module = MODELS.get(name)(model=model_cfg, optim={}, **params)
-        state = load_file(str(path / "model.safetensors"), device=map_location)
+        state = load_safetensors(path / "model.safetensors", device=map_location)
         module.load_state_dict(state, strict=True)
         return cls(module.to(map_location), {"model": {**model_cfg, "name": name, "params": params},
                                              "preprocess": meta.get("preprocess", {})})

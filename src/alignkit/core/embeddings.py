@@ -11,10 +11,11 @@ from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from alignkit.core.checkpoints import load_safetensors_with_metadata
 
 # --------------------------------------------------------------------------- embedding files
 
@@ -49,10 +50,15 @@ def export_embeddings(path: Union[str, Path], **fields: Union[Tensor, np.ndarray
 
 
 def load_embeddings(path: Union[str, Path]) -> Dict[str, Union[Tensor, List[str]]]:
-    """Fields written by :func:`export_embeddings`: tensors, and lists of strings from the metadata."""
-    with safe_open(str(path), framework="pt") as f:
-        out: Dict[str, Union[Tensor, List[str]]] = {name: f.get_tensor(name) for name in f.keys()}
-        out.update(json.loads((f.metadata() or {}).get(_STRING_FIELDS, "{}")))
+    """Fields written by :func:`export_embeddings`: tensors, and lists of strings from the metadata.
+
+    ValueError naming the file when it is truncated, not safetensors, or its string fields are not JSON."""
+    tensors, metadata = load_safetensors_with_metadata(path)
+    out: Dict[str, Union[Tensor, List[str]]] = dict(tensors)
+    try:
+        out.update(json.loads(metadata.get(_STRING_FIELDS, "{}")))
+    except ValueError as exc:
+        raise ValueError(f"{path}: metadata '{_STRING_FIELDS}' is not JSON ({exc})") from None
     return out
 
 

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 
+from alignkit.core.checkpoints import check_torch_checkpoint, load_torch_checkpoint
 from alignkit.core.config import ConfigError, save_config, to_plain
 from alignkit.core.registry import EVALUATORS, MODELS
 from alignkit.core.progress import EvalModeCheck, StepProgressBar, quiet_start
@@ -138,7 +139,10 @@ def config_threads(cfg: DictConfig) -> int:
 
 def resume_checkpoint(cfg: DictConfig, resume: Union[None, bool, str, Path]) -> Optional[Path]:
     """The checkpoint a run continues from: None for a new run; ``latest`` (or True) for the run folder's
-    ``checkpoints/last.ckpt``; else the given checkpoint path. A new run refuses a folder that holds one."""
+    ``checkpoints/last.ckpt``; else the given checkpoint path. A new run refuses a folder that holds one.
+
+    The checkpoint is read once (tensors memory-mapped, :func:`~alignkit.core.checkpoints.check_torch_checkpoint`)
+    so that a truncated, foreign or refused file is named before any training starts."""
     last = run_dir_of(cfg) / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume is None or resume is False:
         if last.is_file():
@@ -149,6 +153,10 @@ def resume_checkpoint(cfg: DictConfig, resume: Union[None, bool, str, Path]) -> 
     if not ckpt.is_file():
         raise ConfigError(f"--resume: no checkpoint at {ckpt}" + (" (the run has not saved one yet)"
                                                                   if ckpt == last else ""))
+    try:
+        check_torch_checkpoint(ckpt)
+    except ValueError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
     return ckpt
 
 
@@ -181,12 +189,16 @@ def train(cfg: DictConfig, resume: Union[None, bool, str, Path] = None,
 
 
 def load_checkpoint(cfg: DictConfig, ckpt: str | Path) -> L.LightningModule:
-    """Rebuild the model of ``cfg`` and load ``ckpt`` into it with ``torch.load(weights_only=True)``."""
+    """Rebuild the model of ``cfg`` and load ``ckpt`` into it with ``torch.load(weights_only=True)``
+    (:func:`~alignkit.core.checkpoints.load_torch_checkpoint`: ValueError naming a broken or refused file)."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint not found: {ckpt}")
     model = build_model(cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_torch_checkpoint(ckpt)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{ckpt}: not a Lightning checkpoint (no 'state_dict' entry); give a run's "
+                         "checkpoints/*.ckpt")
     model.load_state_dict(state["state_dict"])
     return model.eval()
 

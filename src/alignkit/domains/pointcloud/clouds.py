@@ -11,7 +11,11 @@ Files (:func:`load_point_cloud`):
   :func:`~alignkit.domains.pointcloud.preprocess.prepare_points` centres them, so georeferenced clouds
   (x ~ 6.6e5 m) keep millimetres.
 
-Every problem raises :class:`PointFileError` naming the file (and, for text files, the line).
+Before a library parses a file, its header's counts are checked against what the file holds
+(:func:`~alignkit.domains.pointcloud.integrity.check_declared_counts`), and Open3D's printed read failures
+are caught (:func:`~alignkit.domains.pointcloud.integrity.read_open3d_cloud`): neither library raises on a
+truncated file. Every problem raises :class:`PointFileError` naming the file, what its header declares and
+what it holds (and, for text files, the line).
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from alignkit.core.checkpoints import load_npy
 from alignkit.core.registry import ConfigError
+from alignkit.domains.pointcloud.integrity import PointFileError, check_declared_counts, check_terminated, read_open3d_cloud
 
 PathLike = Union[str, Path]
 
@@ -33,10 +39,6 @@ SUPPORTED_SUFFIXES = tuple(sorted(set(MESH_SUFFIXES + POINT_SUFFIXES)))
 
 UP_AXES = ("x", "y", "z")
 """Coordinate axes a dataset may name as its shapes' up direction."""
-
-
-class PointFileError(ValueError):
-    """A mesh, point file or dataset listing that cannot be used; the message names the file (and line)."""
 
 
 # ============================================================================================ clouds
@@ -73,7 +75,7 @@ class PointCloud:
 
 
 def check_points(cloud: PointCloud, first_line: Optional[int] = None) -> PointCloud:
-    """Raise :class:`PointFileError` if ``cloud`` is empty or holds NaN/inf (naming the point and line)."""
+    """Raise :class:`PointFileError` if ``cloud`` is empty or holds NaN/inf (how many, the first point and line)."""
     if len(cloud) == 0:
         raise PointFileError(f"{cloud.source}: no points")
     for name, values in (("coordinate", cloud.xyz), ("normal", cloud.normals), ("colour", cloud.colors)):
@@ -82,8 +84,8 @@ def check_points(cloud: PointCloud, first_line: Optional[int] = None) -> PointCl
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
         if len(bad):
             line = f" (line {first_line + int(bad[0])})" if first_line is not None else ""
-            raise PointFileError(f"{cloud.source}: non-finite (NaN/inf) {name} at point {int(bad[0])}{line}, "
-                                 f"{len(bad)} such points in all; fix or remove them")
+            raise PointFileError(f"{cloud.source}: {len(bad)} of {len(cloud)} points have a non-finite (NaN/inf) "
+                                 f"{name}, the first is point {int(bad[0])}{line}; fix or remove them")
     return cloud
 
 
@@ -107,8 +109,10 @@ def check_suffix(path: Path) -> str:
 
 
 def _parse_mesh(path: Path, force_mesh: bool = True) -> "trimesh.Trimesh":  # noqa: F821
+    """trimesh's reading of ``path`` (nothing merged or dropped), after its header counts are checked."""
     import trimesh
 
+    check_declared_counts(path)
     try:
         return trimesh.load(str(path), force="mesh" if force_mesh else None, process=False)
     except Exception as exc:  # trimesh raises many types on malformed files
@@ -117,15 +121,15 @@ def _parse_mesh(path: Path, force_mesh: bool = True) -> "trimesh.Trimesh":  # no
 
 def _check_mesh(mesh: "trimesh.Trimesh", path: Path) -> "trimesh.Trimesh":  # noqa: F821
     if len(mesh.faces) == 0:
-        raise PointFileError(f"{path}: mesh has no faces ({len(mesh.vertices)} vertices); store a point cloud "
-                             "as .ply (vertices only), .pcd, .xyz or .pts instead")
+        raise PointFileError(f"{path}: mesh has no faces ({len(mesh.vertices)} vertices, 0 faces); store a point "
+                             "cloud as .ply (vertices only), .pcd, .xyz or .pts instead")
     if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
         raise PointFileError(f"{path}: a face refers to vertex {int(mesh.faces.max())} but the mesh has "
                              f"{len(mesh.vertices)} vertices (truncated or corrupt file)")
     bad = np.flatnonzero(~np.isfinite(mesh.vertices).all(axis=1))
     if len(bad):
-        raise PointFileError(f"{path}: non-finite (NaN/inf) coordinate at vertex {int(bad[0])}, "
-                             f"{len(bad)} such vertices in all; fix or remove them")
+        raise PointFileError(f"{path}: {len(bad)} of {len(mesh.vertices)} vertices have a non-finite (NaN/inf) "
+                             f"coordinate, the first is vertex {int(bad[0])}; fix or remove them")
     if not mesh.area > 0:
         raise PointFileError(f"{path}: mesh has zero surface area; nothing to sample")
     return mesh
@@ -134,8 +138,8 @@ def _check_mesh(mesh: "trimesh.Trimesh", path: Path) -> "trimesh.Trimesh":  # no
 def load_mesh(path: PathLike) -> "trimesh.Trimesh":  # noqa: F821 (trimesh is imported lazily)
     """A mesh file as an unprocessed ``trimesh.Trimesh`` (vertices as stored; nothing merged or dropped).
 
-    Raises :class:`PointFileError` for a missing/empty/unparsable file, a mesh without faces, NaN/inf
-    vertices (naming the first one) or zero surface area.
+    Raises :class:`PointFileError` for a missing/empty/unparsable file, a header whose counts the file
+    does not hold, a mesh without faces, NaN/inf vertices (naming the first one) or zero surface area.
     """
     path = Path(path)
     check_file(path)
@@ -204,13 +208,16 @@ def _extra_columns(values: np.ndarray, path: Path, suffix: str) -> Tuple[Optiona
 
 def _read_text_points(path: Path) -> Tuple[np.ndarray, int]:
     """Rows of a text point file (float64) and the 1-based line number of the first row."""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        head = [f.readline() for _ in range(2)]
+    from alignkit.core.text import read_text
+    text = read_text(path, what="point file")  # strict decoding: bad bytes name the file and offset
+    check_terminated(path, text)
+    lines = text.splitlines()
+    head = (lines + ["", ""])[:2]
     first = head[0].split()
     header = 1 if len(first) == 1 and first[0].isdigit() else 0
     delimiter = "," if "," in head[header] else None
     try:
-        rows = np.loadtxt(path, dtype=np.float64, delimiter=delimiter, skiprows=header, comments="#", ndmin=2)
+        rows = np.loadtxt(lines, dtype=np.float64, delimiter=delimiter, skiprows=header, comments="#", ndmin=2)
     except ValueError as exc:
         raise PointFileError(f"{path}: not a table of numbers ({exc}; rows counted after "
                              f"{header} header line{'s' if header != 1 else ''})") from exc
@@ -223,8 +230,9 @@ def _read_text_points(path: Path) -> Tuple[np.ndarray, int]:
 def read_point_file(path: PathLike) -> PointCloud:
     """A point-cloud file as a :class:`PointCloud` (all its points).
 
-    - ``.pcd`` and vertex-only ``.ply``: Open3D (points, normals and colours when stored);
-    - ``.npy``: an (N, 3+) array; text ``.xyz .xyzn .xyzrgb .pts .txt``: one point per line, columns
+    - ``.pcd`` and vertex-only ``.ply``: Open3D (points, normals and colours when stored), after the header's
+      ``POINTS`` / ``element vertex`` count is checked against the data and with Open3D's failures raised;
+    - ``.npy``: an (N, 3+) numeric array (an object array is refused: no pickle); text ``.xyz .xyzn .xyzrgb .pts .txt``: one point per line, columns
       separated by whitespace or ``,``; ``.pts`` may start with a line holding the point count.
       Columns: ``x y z``; ``x y z i`` (intensity, ignored); ``x y z a b c`` with ``abc`` normals when
       unit length, else colours (0-1 or 0-255) (``.xyzn`` / ``.xyzrgb`` say which);
@@ -236,22 +244,29 @@ def read_point_file(path: PathLike) -> PointCloud:
     path = Path(path)
     check_file(path)
     suffix = check_suffix(path)
+    if suffix in (".pcd", ".ply"):
+        check_declared_counts(path)
+    return _read_checked_point_file(path, suffix)
+
+
+def _read_checked_point_file(path: Path, suffix: str) -> PointCloud:
+    """:func:`read_point_file` of a file whose header counts were checked."""
     first_line: Optional[int] = None
     if suffix in (".pcd", ".ply"):
-        import open3d as o3d
-
-        cloud = o3d.io.read_point_cloud(str(path))
+        cloud = read_open3d_cloud(path)
         xyz = np.asarray(cloud.points, dtype=np.float64)
         if len(xyz) == 0:
-            raise PointFileError(f"{path}: no points (Open3D could not read any from the file)")
+            raise PointFileError(f"{path}: no points (Open3D read 0 from the file)")
         normals = np.asarray(cloud.normals, dtype=np.float32) if cloud.has_normals() else None
         colors = np.asarray(cloud.colors, dtype=np.float32) if cloud.has_colors() else None
         return check_points(PointCloud(xyz, normals, colors, str(path)))
     if suffix == ".npy":
         try:
-            rows = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise PointFileError(f"{path}: not a readable .npy array ({exc})") from exc
+            rows = load_npy(path)  # object arrays are refused (no pickle)
+        except ValueError as exc:
+            raise PointFileError(str(exc)) from None
+        if rows.dtype.kind not in "fiub":
+            raise PointFileError(f"{path}: array of dtype {rows.dtype}; expected numbers (N, 3+)")
         if rows.ndim != 2 or rows.shape[1] < 3:
             raise PointFileError(f"{path}: array of shape {rows.shape}; expected (N, 3+) points")
         rows = rows.astype(np.float64)
@@ -272,10 +287,10 @@ def load_geometry(path: PathLike) -> Union["trimesh.Trimesh", PointCloud]:  # no
     suffix = check_suffix(path)
     if suffix == ".ply":
         check_file(path)
-        loaded = _parse_mesh(path, force_mesh=False)
+        loaded = _parse_mesh(path, force_mesh=False)  # checks the header counts
         if len(getattr(loaded, "faces", ())) > 0:
             return _check_mesh(loaded, path)
-        return read_point_file(path)
+        return _read_checked_point_file(path, suffix)
     if suffix in MESH_SUFFIXES:
         return load_mesh(path)
     return read_point_file(path)

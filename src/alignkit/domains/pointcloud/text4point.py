@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignkit.core.checkpoints import load_weights
 from alignkit.core.encoders.base import FrozenTower
 from alignkit.core.encoders.image import Channels, FeatureMapEncoder, Pool, SpatialDims
 from alignkit.core.metrics import class_embeddings
@@ -313,12 +314,7 @@ def load_encoder_weights(encoder: nn.Module, path: str, prefix: str) -> int:
     if not file.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {file} does not exist; give a run's checkpoints/last.ckpt or "
                                 "an exported model.safetensors")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+    state = load_weights(file)
     picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     picked = {k[len("module."):] if k.startswith("module.") else k: v for k, v in picked.items()}
     if not picked:

@@ -31,9 +31,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
 from torch import Tensor
 
+from alignkit.core.checkpoints import load_weights
 from alignkit.core.module import AlignmentModule
 from alignkit.core.registry import MODELS, ConfigError
 
@@ -41,16 +41,13 @@ logger = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str) -> Dict[str, Tensor]:
-    """The weights of a Lightning checkpoint (its ``state_dict``) or of an exported ``model.safetensors``."""
+    """The weights of a Lightning checkpoint (its ``state_dict``) or of an exported ``model.safetensors``
+    (:func:`alignkit.core.checkpoints.load_weights`: ValueError naming a broken or refused file)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {file} does not exist; give an earlier run's "
                                 "checkpoints/last.ckpt or an exported model.safetensors")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
+    return load_weights(file)
 
 
 def tower_state(state: Dict[str, Tensor], modality: str) -> Dict[str, Tensor]:

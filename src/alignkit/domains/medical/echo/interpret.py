@@ -20,9 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from alignkit.core.checkpoints import load_safetensors, read_json
 from alignkit.core.paired import build_decoder
 from alignkit.domains.medical.echo.attention import ViewSectionAttention, pad_studies
 from alignkit.domains.medical.echo.data import EchoClipDecoder
@@ -99,7 +100,7 @@ def embed_studies(module: EchoClipModule, loader: Any, frames: str = "full", see
     module.eval()
     generator = torch.Generator().manual_seed(seed)
     device = next(module.parameters()).device
-    videos, logits, views, studies, ids = [], [], [], [], []
+    videos, logits, views, ids = [], [], [], []
     per_study: Dict[str, Tuple[List[str], float, List[float]]] = {}
     for batch in loader:
         z, lg = module.video_outputs(ablate_frames(batch["video"], frames, generator).to(device))
@@ -180,12 +181,12 @@ class ReportIndex:
         if missing:
             raise FileNotFoundError(f"{folder} is not an echo report index: {', '.join(missing)} missing (the demo "
                                     f"writes one to <out>/index; build one with build_index(...).save(folder))")
-        meta = json.loads((folder / INDEX_FILES[0]).read_text())
-        tensors = load_file(str(folder / INDEX_FILES[1]))
+        meta = read_json(folder / INDEX_FILES[0])
+        tensors = load_safetensors(folder / INDEX_FILES[1])
         attention = None
         if meta.get("attention_sections") is not None:
             attention = ViewSectionAttention(meta["attention_sections"], meta["views"])
-            attention.logits.data.copy_(load_file(str(folder / ATTENTION_FILE))["logits"])
+            attention.logits.data.copy_(load_safetensors(folder / ATTENTION_FILE)["logits"])
         return cls(study_ids=meta["study_ids"], report=tensors["report"], ef=tensors["ef"], labels=tensors["labels"],
                    finding_names=meta["finding_names"], views=meta["views"],
                    sections={n: (t, s, tensors[f"section/{n}"]) for n, (t, s) in meta["sections"].items()},

@@ -1,4 +1,5 @@
-"""The LeRobot dataset layout: codebase version, file paths, default features, task tables, file rollover.
+"""The LeRobot dataset layout: codebase version, file paths, default features, task tables, file rollover, and
+readers of its metadata files that name a broken file (:func:`read_jsonl`, :func:`read_parquet`).
 
 Sources (huggingface/lerobot, ``CODEBASE_VERSION = "v3.0"``): ``src/lerobot/datasets/utils.py`` (paths,
 ``DEFAULT_FEATURES``, ``create_empty_dataset_info``, chunk/file rollover) and
@@ -29,8 +30,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 CODEBASE_VERSION = "v3.0"
@@ -93,9 +95,47 @@ def write_tasks(tasks: List[str], path: Path) -> None:
     pd.DataFrame({"task_index": list(range(len(tasks)))}, index=tasks).to_parquet(path)
 
 
+# ------------------------------------------------------------------------------------- metadata files
 def read_jsonl(path: Path) -> List[Dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file, one per non-blank line."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The JSON objects of a ``.jsonl`` file, one per non-blank line; ValueError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc}); copy or write it again") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {n} is not valid JSON ({exc.msg} at column {exc.colno}); the file may be "
+                             "truncated - copy or write it again") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n} is a JSON {type(row).__name__}, not an object")
+        rows.append(row)
+    return rows
+
+
+def read_parquet(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """The table in ``path`` (only ``columns`` when given); ValueError naming the file when it is truncated or
+    not parquet (pyarrow's own ``ArrowInvalid`` does not name it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such parquet file")
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc}); it may be truncated - "
+                         "copy or write it again") from None
+
+
+def read_parquet_columns(path: Path) -> List[str]:
+    """The column names of the parquet file ``path`` (its footer only); ValueError naming a broken file."""
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc}); it may be truncated - "
+                         "copy or write it again") from None
 
 
 def read_tasks(root: Path, version: str) -> List[str]:
@@ -103,14 +143,20 @@ def read_tasks(root: Path, version: str) -> List[str]:
     ``meta/tasks.parquet`` otherwise); ValueError when they are not indexed ``0..n-1``."""
     if version.startswith("v2"):
         rows = read_jsonl(root / LEGACY_TASKS_PATH)
-        by_index = {int(r["task_index"]): str(r["task"]) for r in rows}
+        try:
+            by_index = {int(r["task_index"]): str(r["task"]) for r in rows}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{root / LEGACY_TASKS_PATH}: a row lacks task_index/task or holds another type "
+                             f"({type(exc).__name__}: {exc})") from None
     else:
-        table = pq.read_table(root / TASKS_PATH)
+        table = read_parquet(root / TASKS_PATH)
         # the task string is pandas' index column (lerobot's write_tasks); a "task" column also reads
         names = table.schema.pandas_metadata.get("index_columns", []) if table.schema.pandas_metadata else []
         column = "task" if "task" in table.column_names else next((n for n in names if isinstance(n, str)), None)
         if column is None:
             raise ValueError(f"{root / TASKS_PATH} has no task strings (no 'task' column and no pandas index)")
+        if "task_index" not in table.column_names:
+            raise ValueError(f"{root / TASKS_PATH} has no column 'task_index' (columns: {table.column_names})")
         by_index = dict(zip(table.column("task_index").to_pylist(), table.column(column).to_pylist()))
     if sorted(by_index) != list(range(len(by_index))):
         raise ValueError(f"{root}: task indices {sorted(by_index)} are not 0..{len(by_index) - 1}")

@@ -8,7 +8,6 @@ open decoders that is safe in DataLoader worker processes.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +15,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from alignkit.core.checkpoints import read_json
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.core.video import ReaderCache, VideoError, video_frame_count
 from alignkit.domains.robotics.episode import Episode, EpisodeError
 from alignkit.domains.robotics.lerobot.layout import (ACTION, DEFAULT_CHUNK_SIZE, DEFAULT_FEATURES, EPISODES_DIR,
                                                       INFO_PATH, LEGACY_EPISODES_PATH, LEGACY_EPISODES_STATS_PATH,
-                                                      STATE, STATS_PATH, PathLike, camera_name, read_jsonl, read_tasks)
+                                                      STATE, STATS_PATH, PathLike, camera_name, read_jsonl,
+                                                      read_parquet, read_parquet_columns, read_tasks)
 from alignkit.domains.robotics.lerobot.stats import Stats, aggregate_stats, stats_from_json
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,25 @@ def _column_values(column: pa.ChunkedArray, shape: Sequence[int], name: str) -> 
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
 
+def check_stretch(video: Path, from_timestamp: float, to_timestamp: float, fps: float, frames: np.ndarray,
+                  timestamps: np.ndarray) -> None:
+    """EpisodeError unless an episode's rows fit its own stretch ``[from_timestamp, to_timestamp)`` of a shared
+    video: its ``len(frames)`` rows within half a frame of ``(to - from) * fps``, and every row's video frame
+    ``frames = rint((from + timestamp) * fps)`` in ``[rint(from * fps), rint(to * fps))``. Rows past the stretch
+    would read the next episode's frames."""
+    span = (to_timestamp - from_timestamp) * fps
+    first, end = int(np.rint(from_timestamp * fps)), int(np.rint(to_timestamp * fps))
+    outside = np.flatnonzero((frames < first) | (frames >= end))
+    if abs(len(frames) - span) <= 0.5 and not len(outside):
+        return
+    where = (f"; row {int(outside[0])} (timestamp {float(timestamps[outside[0]]):.3f} s) is video frame "
+             f"{int(frames[outside[0]])}, outside {first}..{end - 1}" if len(outside) else "")
+    raise EpisodeError(f"its rows do not fit its stretch of {video}: {len(frames)} rows (frame_index 0.."
+                       f"{len(frames) - 1}, timestamps {float(timestamps[0]):.3f}..{float(timestamps[-1]):.3f} s) "
+                       f"but from_timestamp {from_timestamp:.3f} s .. to_timestamp {to_timestamp:.3f} s hold "
+                       f"{span:g} frames at {fps:g} fps{where}; reading it would return another episode's frames")
+
+
 class LeRobotDataset(Dataset):
     """A LeRobot dataset (v3.0 or v2.1, detected from ``meta/info.json``), map-style over frames.
 
@@ -85,8 +104,11 @@ class LeRobotDataset(Dataset):
 
     ``cameras`` selects cameras by name (``"top"`` or ``"observation.images.top"``); ``episodes`` keeps
     only those ``episode_index`` values. Bad episodes (missing frames, state/action vectors of the wrong
-    length, a video shorter than its parquet, an unknown task index) raise :class:`EpisodeError` naming
-    the episode, or with ``skip_bad=True`` are left out and listed in ``skipped`` as ``(where, reason)``.
+    length, a video shorter than its parquet, rows running outside the episode's own stretch
+    ``[from_timestamp, to_timestamp)`` of a shared v3.0 video, an unknown task index, an unreadable data
+    file) raise :class:`EpisodeError` naming the episode, or with ``skip_bad=True`` are left out and listed in
+    ``skipped`` as ``(where, reason)``. An unreadable metadata file (``meta/info.json``, ``stats.json``, the
+    tasks, the episodes parquet or jsonl) raises ValueError naming it.
     A frame that cannot be decoded when an item is read raises :class:`EpisodeError` naming the video file.
 
     ``cache_frames`` keeps every episode's decoded frames in memory (uint8, ``frames * H * W * 3`` bytes per
@@ -108,11 +130,18 @@ class LeRobotDataset(Dataset):
         if not info_path.is_file():
             raise FileNotFoundError(f"{self.root} is not a LeRobot dataset: no {INFO_PATH} (a LeRobotWriter writes it "
                                     "in finalize())")
-        self.meta: Dict[str, Any] = json.loads(info_path.read_text())
+        self.meta: Dict[str, Any] = read_json(info_path)
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"{info_path}: a JSON {type(self.meta).__name__}, not an object of dataset fields")
         self.version = str(self.meta.get("codebase_version", ""))
         if not (self.version.startswith("v3.") or self.version.startswith("v2.")):
             raise ValueError(f"{info_path}: codebase_version {self.version!r} is not supported (v2.x and v3.x are)")
-        self.fps = float(self.meta["fps"])
+        missing = [k for k in ("fps", "features", "data_path") if k not in self.meta]
+        fps = self.meta.get("fps")
+        if missing or not isinstance(self.meta["features"], dict) or not isinstance(fps, (int, float)) or fps <= 0:
+            raise ValueError(f"{info_path}: needs fps (a positive number, got {fps!r}), features (an object) and "
+                             f"data_path{'; missing ' + ', '.join(missing) if missing else ''}")
+        self.fps = float(fps)
         features: Dict[str, Dict[str, Any]] = self.meta["features"]
         self.features = features
         stored = [k for k, v in features.items() if v["dtype"] == "image"]
@@ -140,16 +169,22 @@ class LeRobotDataset(Dataset):
         return short
 
     def _read_stats(self) -> Stats:
-        if (self.root / STATS_PATH).is_file():
-            return stats_from_json(json.loads((self.root / STATS_PATH).read_text()))
-        legacy = self.root / LEGACY_EPISODES_STATS_PATH
-        if legacy.is_file():
-            return aggregate_stats([stats_from_json(r["stats"]) for r in read_jsonl(legacy)])
+        path, legacy = self.root / STATS_PATH, self.root / LEGACY_EPISODES_STATS_PATH
+        try:
+            if path.is_file():
+                return stats_from_json(read_json(path))
+            if legacy.is_file():
+                path = legacy
+                return aggregate_stats([stats_from_json(r["stats"]) for r in read_jsonl(legacy)])
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"{path}: not LeRobot statistics {{feature: {{min, max, mean, std, count}}}} "
+                             f"({type(exc).__name__}: {exc})") from None
         return {}
 
     # indexing -------------------------------------------------------------------------------------
     def _episode_records(self) -> List[Dict[str, Any]]:
-        """Per-episode metadata rows, each with ``data_file`` and ``videos`` {key: (file, from_timestamp)}."""
+        """Per-episode metadata rows, each with ``data_file`` and ``videos`` {key: (file, from_timestamp,
+        to_timestamp)} (v2.1: one video per episode, from 0, no to_timestamp)."""
         if self.version.startswith("v2"):
             chunks = int(self.meta.get("chunks_size", DEFAULT_CHUNK_SIZE))
             records = []
@@ -157,21 +192,28 @@ class LeRobotDataset(Dataset):
                 e = int(row["episode_index"])
                 fmt = {"episode_chunk": e // chunks, "episode_index": e}
                 records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt),
-                                "videos": {k: (self.root / self.meta["video_path"].format(video_key=k, **fmt), 0.0)
-                                           for k in self.camera_keys}})
+                                "videos": {k: (self.root / self.meta["video_path"].format(video_key=k, **fmt), 0.0,
+                                               None) for k in self.camera_keys}})
             return records
         files = sorted((self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
         if not files:
             raise FileNotFoundError(f"{self.root}: no episode metadata under {EPISODES_DIR}/")
         records = []
         for path in files:
-            schema = pq.read_schema(path)
-            table = pq.read_table(path, columns=[n for n in schema.names if not n.startswith("stats/")])
+            names = read_parquet_columns(path)
+            needed = ["episode_index", "length", "data/chunk_index", "data/file_index"] + [
+                f"videos/{k}/{c}" for k in self.camera_keys
+                for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+            missing = [n for n in needed if n not in names]
+            if missing:
+                raise ValueError(f"{path}: episode metadata without the columns {missing}")
+            table = read_parquet(path, columns=[n for n in names if not n.startswith("stats/")])
             for row in table.to_pylist():
                 fmt = {"chunk_index": row["data/chunk_index"], "file_index": row["data/file_index"]}
                 videos = {k: (self.root / self.meta["video_path"].format(
                     video_key=k, chunk_index=row[f"videos/{k}/chunk_index"], file_index=row[f"videos/{k}/file_index"]),
-                    float(row[f"videos/{k}/from_timestamp"])) for k in self.camera_keys}
+                    float(row[f"videos/{k}/from_timestamp"]), float(row[f"videos/{k}/to_timestamp"]))
+                    for k in self.camera_keys}
                 records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt), "videos": videos})
         return records
 
@@ -218,7 +260,7 @@ class LeRobotDataset(Dataset):
         e, length = int(record["episode_index"]), int(record["length"])
         path: Path = record["data_file"]
         if path not in tables:  # one contiguous table per file: slices and takes then cost what they return
-            table = pq.read_table(path).combine_chunks()
+            table = read_parquet(path).combine_chunks()
             episode_of_row = table.column("episode_index").to_numpy()
             order = np.argsort(episode_of_row, kind="stable")
             found, first, count = np.unique(episode_of_row[order], return_index=True, return_counts=True)
@@ -250,12 +292,14 @@ class LeRobotDataset(Dataset):
         timestamps = part.column("timestamp").to_numpy().astype(np.float64)
         videos: Dict[str, Tuple[Path, np.ndarray]] = {}
         for key in self.camera_keys:
-            video, from_timestamp = record["videos"][key]
+            video, from_timestamp, to_timestamp = record["videos"][key]
             if not video.is_file():
                 raise EpisodeError(f"its video {video} does not exist")
             if video not in frame_counts:
                 frame_counts[video] = video_frame_count(video)
             frames = np.rint((from_timestamp + timestamps) * self.fps).astype(np.int64)
+            if to_timestamp is not None:
+                check_stretch(video, from_timestamp, to_timestamp, self.fps, frames, timestamps)
             if frames.max() >= frame_counts[video]:
                 raise EpisodeError(f"the video is shorter than its parquet: {video} has {frame_counts[video]} frames "
                                    f"but the episode's {length} steps need frames up to {int(frames.max())}")

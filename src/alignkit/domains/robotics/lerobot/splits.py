@@ -1,12 +1,12 @@
 """Train/validation/test episodes of a LeRobot dataset, and the registered ``lerobot`` dataset of configs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from alignkit.core.checkpoints import read_json
 from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, Range
 from alignkit.core.registry import DATASETS, ConfigError
 from alignkit.domains.robotics.lerobot.layout import INFO_PATH, PathLike
@@ -73,6 +73,9 @@ class LeRobotSplit(LeRobotDataset):
         if not info_path.is_file():
             raise FileNotFoundError(f"{root} is not a LeRobot dataset: no {INFO_PATH}")
         self.split = split
-        episodes = split_episodes(json.loads(info_path.read_text()), split, holdout, split_seed)
+        info = read_json(info_path)
+        if not isinstance(info, dict):
+            raise ValueError(f"{info_path}: a JSON {type(info).__name__}, not an object of dataset fields")
+        episodes = split_episodes(info, split, holdout, split_seed)
         super().__init__(root, window=window, cameras=cameras, image_size=image_size, skip_bad=skip_bad,
                          episodes=episodes, cache_frames=cache_frames)

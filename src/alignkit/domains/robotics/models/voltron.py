@@ -39,9 +39,10 @@ from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tupl
 import lightning as L
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from alignkit.core.checkpoints import load_safetensors, read_json
 from alignkit.core.optim import configure_adamw
 from alignkit.core.params import FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import ENCODERS, MODELS, ConfigError
@@ -214,11 +215,11 @@ def load_voltron_encoder(path: str, feature_layer: Optional[Annotated[int, NON_N
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: give a folder written by VoltronEncoder.export "
                                 f"(VoltronModule.export_encoder)")
-    meta = json.loads(config_file.read_text())
+    meta = read_json(config_file)
     if meta.get("format") != EXPORT_FORMAT:
         raise ConfigError(f"{config_file} is not a Voltron encoder export (format {meta.get('format')!r})")
     encoder = VoltronEncoder(**meta["params"])
-    missing, unexpected = encoder.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    missing, unexpected = encoder.load_state_dict(load_safetensors(folder / "model.safetensors"), strict=False)
     bad = [k for k in missing if not k.startswith("text.")] + list(unexpected)
     if bad:
         raise ConfigError(f"{folder / 'model.safetensors'} does not match its config.json: keys {bad[:5]}")
