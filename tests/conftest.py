@@ -25,6 +25,19 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """End-to-end runs (``slow``: the demos, each minutes long) start first, longest first, so that under
+    pytest-xdist the two workers finish together instead of one running a demo alone at the end."""
+    order = {"robotics": 0, "medical/test_xray": 1, "medical/echo": 2, "demos": 3, "pointcloud": 4}
+
+    def rank(item: pytest.Item) -> tuple:
+        if item.get_closest_marker("slow") is None:
+            return (1, 0)
+        where = item.nodeid
+        return (0, next((v for k, v in order.items() if k in where), len(order)))
+    items.sort(key=rank)  # stable: the other tests keep their order
+
+
 @pytest.fixture(scope="session")
 def shapes_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny shapes dataset in the paired-csv format: 4 blocks x 8 shapes for training, 24 val, 40 test."""

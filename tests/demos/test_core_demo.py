@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from alignkit.cli import main
 
 
+@pytest.mark.slow
 def test_demo_core_fast_beats_chance(tmp_path: Path, capsys) -> None:
     assert main(["demo", "core", "--fast", "--out", str(tmp_path)]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())

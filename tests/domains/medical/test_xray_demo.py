@@ -10,6 +10,7 @@ from alignkit.domains.medical.xray.demo import judge, run_demo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 10 min on CI's 2 cores beside the other worker; 15 under extra load
 def test_fast_demo_beats_its_baselines(tmp_path: Path) -> None:
     metrics = run_demo(tmp_path, fast=True)
     failed = [t.label for t, ok in judge(metrics, fast=True) if not ok]

@@ -12,6 +12,7 @@ from alignkit.domains.robotics import demo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 10 min on CI's 2 cores beside the other worker; 15 under extra load
 def test_fast_demo_beats_its_baselines(tmp_path: Path):
     metrics = DEMOS.get("robotics")(tmp_path, fast=True)
     saved = json.loads((tmp_path / "metrics.json").read_text())
