@@ -186,21 +186,28 @@ def _object_array(path: Path, key: Optional[str]) -> ValueError:
                       "string array (np.array(list_of_str))")
 
 
+def _numpy_error(path: Path, exc: BaseException, kind: str, key: Optional[str]) -> ValueError:
+    """The ValueError for ``np.load`` failing on ``path`` (``kind``: "a .npy array" / "an .npz archive";
+    ``key``: the array being read from an archive): an object array or a pickle refused, else unreadable."""
+    if _OBJECT_ARRAYS in str(exc):
+        return _object_array(path, key)
+    if "pickled" in str(exc):
+        return ValueError(f"{path}: refused for safety: the file is {describe_start(path)}, not {kind}, and "
+                          "unpickling it could run code named by the file")
+    where = f" (array '{key}')" if key is not None else ""
+    return ValueError(f"{path}: not {kind.replace('a ', 'a readable ', 1).replace('an ', 'a readable ', 1)}{where} "
+                      f"({type(exc).__name__}: {exc}); the file is {describe_start(path)}; it may be truncated - copy "
+                      "or download it again")
+
+
 def load_npy(path: PathLike, mmap_mode: Optional[str] = None) -> np.ndarray:
     """``np.load(path, allow_pickle=False)`` of a ``.npy`` file; ValueError naming a truncated or foreign file or
     an object array (refused)."""
     path = _existing(path, ".npy")
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except ValueError as exc:
-        if _OBJECT_ARRAYS in str(exc):
-            raise _object_array(path, None) from None
-        if "pickled" in str(exc):
-            raise ValueError(f"{path}: refused for safety: the file is {describe_start(path)}, not a .npy array, "
-                             "and unpickling it could run code named by the file") from None
-        raise ValueError(f"{path}: not a readable .npy array ({exc}); the file is {describe_start(path)}") from None
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc}); the file is {describe_start(path)}") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise _numpy_error(path, exc, "a .npy array", None) from None
 
 
 def load_npz(path: PathLike) -> Dict[str, np.ndarray]:
@@ -218,20 +225,11 @@ def load_npz(path: PathLike) -> Dict[str, np.ndarray]:
                 arrays[key] = data[key]
             return arrays
     except ValueError as exc:
-        if _OBJECT_ARRAYS in str(exc):
-            raise _object_array(path, key) from None
-        if "pickled" in str(exc):
-            raise ValueError(f"{path}: refused for safety: the file is {describe_start(path)}, not an .npz archive, "
-                             "and unpickling it could run code named by the file") from None
         if str(exc).startswith(str(path)):
             raise
-        where = f" (array '{key}')" if key is not None else ""
-        raise ValueError(f"{path}: not a readable .npz archive{where} ({exc}); the file is {describe_start(path)}"
-                         ) from None
+        raise _numpy_error(path, exc, "an .npz archive", key) from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        where = f" (array '{key}')" if key is not None else ""
-        raise ValueError(f"{path}: not a readable .npz archive{where} ({type(exc).__name__}: {exc}); the file is "
-                         f"{describe_start(path)}; it may be truncated - copy or download it again") from None
+        raise _numpy_error(path, exc, "an .npz archive", key) from None
 
 
 # ------------------------------------------------------------------------------------------------ weights
