@@ -99,6 +99,9 @@ def test_echonet_bad_rows_raise_or_are_listed(tmp_path: Path, synthetic: Path):
     write_table(root / "VolumeTracings.csv", ["FileName", "X1", "Y1", "X2", "Y2", "Frame"], [])
     verified = EchoNetReader(root, split="val", skip_bad=True, verify_videos=True)
     assert len(verified) == 0 and "cut.avi" in verified.skipped[0][1]
+    screened = EchoNetReader(root, split="val", skip_bad=True)  # skip_bad decodes every video by default
+    assert len(screened) == 0 and "cut.avi" in screened.skipped[0][1]
+    assert len(EchoNetReader(root, split="val", skip_bad=True, verify_videos=False)) == 1  # opted out: fails on load
     write_table(root / "FileList.csv", ["FileName", "EF"], [["good", 50]])
     with pytest.raises(ConfigError, match="no column 'ESV'"):
         EchoNetReader(root)

@@ -156,13 +156,17 @@ class EchoRecordReader:
     ``verify_videos`` a video that cannot be decoded) raises a ``ValueError`` naming the file and row when
     ``skip_bad`` is False; when True it is dropped and listed (one warning is logged). Unknown columns are
     config errors (:class:`ConfigError`) either way. ``verify_videos`` decodes every video once while indexing
-    (slow; for small archives or a one-off check); otherwise corrupt files raise when loaded.
+    (the default under ``skip_bad``, so that a truncated or foreign file is skipped and listed rather than
+    accepted; ``verify_videos=False`` opts out on a large archive); otherwise corrupt files raise when loaded.
+    ``modalities``: the DICOM modalities accepted (see :func:`~alignkit.domains.medical.echo.loading.load_echo`).
     """
 
-    def __init__(self, split: Optional[str] = None, skip_bad: bool = False, verify_videos: bool = False):
+    def __init__(self, split: Optional[str] = None, skip_bad: bool = False, verify_videos: Optional[bool] = None,
+                 modalities: Optional[Sequence[str]] = ("US", "IVUS")):
         self.split = split
         self.skip_bad = skip_bad
-        self.verify_videos = verify_videos
+        self.verify_videos = skip_bad if verify_videos is None else verify_videos
+        self.modalities = modalities
         self.skipped: List[Tuple[str, str]] = []
 
     def _guard(self, where: str, make: Callable[[], Any]) -> Optional[Any]:
@@ -186,7 +190,7 @@ class EchoRecordReader:
             raise BadRowError(f"video file {path} not found")
         if self.verify_videos:
             try:
-                load_echo(path, mask_sector="none")
+                load_echo(path, mask_sector="none", modalities=self.modalities)
             except ValueError as exc:
                 raise BadRowError(str(exc)) from None
         return path
@@ -218,8 +222,9 @@ class EchoNetReader(EchoRecordReader):
 
     def __init__(self, root: PathLike, split: Optional[str] = None, videos_dir: str = "Videos",
                  file_list: str = "FileList.csv", tracings: Optional[str] = "VolumeTracings.csv",
-                 view_column: Optional[str] = None, skip_bad: bool = False, verify_videos: bool = False):
-        super().__init__(split=split, skip_bad=skip_bad, verify_videos=verify_videos)
+                 view_column: Optional[str] = None, skip_bad: bool = False, verify_videos: Optional[bool] = None,
+                 modalities: Optional[Sequence[str]] = ("US", "IVUS")):
+        super().__init__(split=split, skip_bad=skip_bad, verify_videos=verify_videos, modalities=modalities)
         self.root = Path(root)
         self.file_list = self.root / file_list
         header, rows = read_table(self.file_list)
@@ -309,8 +314,9 @@ class EchoStudyTableReader(EchoRecordReader):
                  report_column: str = "report", report_is_path: bool = True, split_column: Optional[str] = "split",
                  label_columns: Optional[Sequence[str]] = None,
                  report_sections: Sequence[str] = REPORT_SECTIONS, report_rule: str = "any",
-                 skip_bad: bool = False, verify_videos: bool = False):
-        super().__init__(split=split, skip_bad=skip_bad, verify_videos=verify_videos)
+                 skip_bad: bool = False, verify_videos: Optional[bool] = None,
+                 modalities: Optional[Sequence[str]] = ("US", "IVUS")):
+        super().__init__(split=split, skip_bad=skip_bad, verify_videos=verify_videos, modalities=modalities)
         check_report_rule(report_sections, report_rule, ECHO_HEADERS)
         if split is not None and split_column is None:
             raise ConfigError(f"split='{split}' needs split_column (the column of {csv} naming each split)")

@@ -272,7 +272,7 @@ class EchoNetDataset(EchoVideoDataset):
                  square: Square = "crop", mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD,
                  mask_sector: MaskSector = "dicom", videos_dir: str = "Videos",
                  file_list: str = "FileList.csv", view_column: Optional[str] = None,
-                 views: Sequence[str] = ECHOPRIME_VIEWS, skip_bad: bool = False, verify_videos: bool = False,
+                 views: Sequence[str] = ECHOPRIME_VIEWS, skip_bad: bool = False, verify_videos: Optional[bool] = None,
                  modalities: Modalities = ULTRASOUND_MODALITIES):
         super().__init__(params=locals())
         self._setup(self.decoder(split=split, num_frames=num_frames, stride=stride, clip_start=clip_start,
@@ -281,7 +281,8 @@ class EchoNetDataset(EchoVideoDataset):
                                  modalities=modalities),
                     views, skip_bad)
         self.reader = EchoNetReader(root, split=split, videos_dir=videos_dir, file_list=file_list,
-                                    view_column=view_column, skip_bad=skip_bad, verify_videos=verify_videos)
+                                    view_column=view_column, skip_bad=skip_bad, verify_videos=verify_videos,
+                                    modalities=modalities)
         self.skipped = list(self.reader.skipped)
         for record in self.reader.records:
             self._keep(record, with_view=view_column is not None)
@@ -345,7 +346,7 @@ class EchoStudyDataset(EchoVideoDataset):
                  beat_seconds: Optional[Annotated[float, POSITIVE]] = None, short_clips: ShortClips = "repeat",
                  image_size: Count = 64, channels: Channels = 3, square: Square = "crop",
                  mean: Stat = ECHONET_MEAN, std: Std = ECHONET_STD, mask_sector: MaskSector = "dicom",
-                 skip_bad: bool = False, verify_videos: bool = False, modalities: Modalities = ULTRASOUND_MODALITIES):
+                 skip_bad: bool = False, verify_videos: Optional[bool] = None, modalities: Modalities = ULTRASOUND_MODALITIES):
         super().__init__(params=locals())
         self._setup(self.decoder(split=split, num_frames=num_frames, stride=stride, clip_start=clip_start,
                                  beat_seconds=beat_seconds, short_clips=short_clips, image_size=image_size,
@@ -357,7 +358,7 @@ class EchoStudyDataset(EchoVideoDataset):
             Path(root) / csv, root=root, split=split, study_column=study_column, video_column=video_column,
             view_column=view_column, report_column=report_column, report_is_path=report_is_path,
             split_column=split_column, report_sections=report_sections, report_rule=report_rule, skip_bad=skip_bad,
-            verify_videos=verify_videos)
+            verify_videos=verify_videos, modalities=modalities)
         if ef_column is not None and ef_column not in self.reader.label_columns:
             raise ConfigError(f"ef_column '{ef_column}' is not a column of {self.reader.csv_path}"
                               f"{did_you_mean(ef_column, self.reader.label_columns)}; set ef_column=None if it "

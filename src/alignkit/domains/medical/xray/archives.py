@@ -60,7 +60,7 @@ class MimicCxrJpgReader(XRayRecordReader):
     def __init__(self, root: PathLike, split: Optional[str] = None, reports_root: Optional[PathLike] = None,
                  reports: bool = True, image_extension: str = "jpg", label_columns: Sequence[str] = CHEXPERT_LABELS,
                  frontal_only: bool = False, uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False,
-                 verify_images: bool = False, report_sections: Sequence[str] = ("findings", "impression"),
+                 verify_images: Optional[bool] = None, report_sections: Sequence[str] = ("findings", "impression"),
                  report_rule: str = "any"):
         super().__init__(split=split, frontal_only=frontal_only, uncertain=uncertain, blank=blank, skip_bad=skip_bad,
                          verify_images=verify_images, report_sections=report_sections, report_rule=report_rule)
@@ -140,7 +140,7 @@ class CheXpertReader(XRayRecordReader):
 
     def __init__(self, csv: PathLike, root: PathLike, split: Optional[str] = None,
                  label_columns: Sequence[str] = CHEXPERT_LABELS, frontal_only: bool = False,
-                 uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False, verify_images: bool = False):
+                 uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False, verify_images: Optional[bool] = None):
         super().__init__(split=split, frontal_only=frontal_only, uncertain=uncertain, blank=blank, skip_bad=skip_bad,
                          verify_images=verify_images)
         self.csv_path, self.root = Path(csv), Path(root)
@@ -196,7 +196,7 @@ class NIHChestXray14Reader(XRayRecordReader):
     """
 
     def __init__(self, csv: PathLike, images_dir: PathLike, split: Optional[str] = None, frontal_only: bool = False,
-                 skip_bad: bool = False, verify_images: bool = False):
+                 skip_bad: bool = False, verify_images: Optional[bool] = None):
         super().__init__(split=split, frontal_only=frontal_only, skip_bad=skip_bad, verify_images=verify_images)
         self.csv_path, self.images_dir = Path(csv), Path(images_dir)
         header, rows = read_table(self.csv_path)
@@ -267,7 +267,7 @@ class GenericCsvReader(XRayRecordReader):
                  label_columns: Sequence[str] = (), split: Optional[str] = None, split_column: Optional[str] = None,
                  view_column: Optional[str] = None, study_column: Optional[str] = None,
                  subject_column: Optional[str] = None, report_is_path: bool = False, frontal_only: bool = False,
-                 uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False, verify_images: bool = False,
+                 uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False, verify_images: Optional[bool] = None,
                  report_sections: Sequence[str] = ("findings", "impression"), report_rule: str = "any"):
         super().__init__(split=split, frontal_only=frontal_only, uncertain=uncertain, blank=blank, skip_bad=skip_bad,
                          verify_images=verify_images, report_sections=report_sections, report_rule=report_rule)

@@ -156,7 +156,7 @@ class XRayReportDataset(PairedDataset):
                  image_size: Annotated[int, AT_LEAST_ONE] = 224, window: WindowOption = "auto",
                  frontal_only: bool = True, uncertain: Annotated[str, OneOf(UNCERTAIN_POLICIES)] = "ignore",
                  blank: Annotated[str, OneOf(BLANK_POLICIES)] = "ignore", skip_bad: bool = False,
-                 verify_images: bool = False, label_columns: Optional[Sequence[str]] = None,
+                 verify_images: Optional[bool] = None, label_columns: Optional[Sequence[str]] = None,
                  text_mode: Annotated[str, OneOf(TEXT_MODES)] = "report",
                  report_sections: Sequence[Annotated[str, OneOf(tuple(CXR_HEADERS))]] = ("findings", "impression"),
                  report_rule: Annotated[str, OneOf(REPORT_RULES)] = "any", image_column: str = "path",
@@ -210,7 +210,7 @@ class XRayReportDataset(PairedDataset):
 
     def _reader(self, layout: str, root: Optional[str], csv: Optional[str], images_dir: Optional[str],
                 reports_root: Optional[str], image_extension: str, split: Optional[str], frontal_only: bool,
-                uncertain: str, blank: str, skip_bad: bool, verify_images: bool, report_sections: Sequence[str],
+                uncertain: str, blank: str, skip_bad: bool, verify_images: Optional[bool], report_sections: Sequence[str],
                 report_rule: str, image_column: str, report_column: Optional[str], report_is_path: bool,
                 split_column: Optional[str], view_column: Optional[str], study_column: Optional[str],
                 subject_column: Optional[str]) -> XRayRecordReader:

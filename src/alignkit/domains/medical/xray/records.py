@@ -85,15 +85,16 @@ class XRayRecordReader:
       UTF-16 / UTF-32), report without the wanted sections, and with ``verify_images`` an undecodable image) raises a
       ``ValueError`` naming the file and row when False; when True it is skipped and listed in ``skipped``
       (one warning is logged). Unknown columns are config errors (:class:`ConfigError`) either way;
-    - ``verify_images``: decode every image once while indexing (slow; for small archives or a one-off
-      check) so corrupt files count as bad rows; otherwise they raise when loaded;
+    - ``verify_images``: decode every image once while indexing so corrupt files count as bad rows (the
+      default under ``skip_bad``, so that a truncated image is skipped and listed rather than accepted;
+      ``verify_images=False`` opts out on a large archive); otherwise they raise when loaded;
     - ``report_sections``, ``report_rule``: the training-text rule of
       :func:`~alignkit.domains.medical.reports.report_text` (default: findings + impression if present, else
       impression, else findings; a report without any header is used whole).
     """
 
     def __init__(self, split: Optional[str] = None, frontal_only: bool = False, uncertain: str = "ignore",
-                 blank: str = "ignore", skip_bad: bool = False, verify_images: bool = False,
+                 blank: str = "ignore", skip_bad: bool = False, verify_images: Optional[bool] = None,
                  report_sections: Sequence[str] = ("findings", "impression"), report_rule: str = "any"):
         if uncertain not in UNCERTAIN_POLICIES:
             raise ConfigError(f"unknown uncertain policy '{uncertain}'{did_you_mean(uncertain, UNCERTAIN_POLICIES)}; "
@@ -106,7 +107,7 @@ class XRayRecordReader:
         self.uncertain = uncertain
         self.blank = blank
         self.skip_bad = skip_bad
-        self.verify_images = verify_images
+        self.verify_images = skip_bad if verify_images is None else verify_images
         self.report_sections = tuple(report_sections)
         self.report_rule = report_rule
         self.records: List[XRayRecord] = []
