@@ -19,6 +19,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from alignkit.core.paired import unset_params
 from alignkit.core.params import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range, check_fields
 from alignkit.core.registry import (AUGMENTATIONS, DATASETS, ENCODERS, EVALUATORS, HEADS, LOSSES, MODELS,
                                     ConfigError, did_you_mean)
@@ -239,6 +240,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 def validate(cfg: DictConfig) -> None:
     """Check every registry name and parameter key in ``cfg`` before anything is built."""
     missing = OmegaConf.missing_keys(cfg)
+    if cfg.data.shards:  # training from shards: data.params that locate the folder (root: ???) may stay unset
+        missing = {key for key in missing if not key.startswith("data.params.")}
     if missing:
         raise ConfigError(f"config values missing: {', '.join(sorted(missing))}")
     check_ranges(cfg)
@@ -253,11 +256,25 @@ def validate(cfg: DictConfig) -> None:
                                   f"{did_you_mean(side, cfg.model.towers.keys())}")
         LOSSES.check_params(obj.loss, _plain(obj.params), f"model.objectives[{i}].params")
     if cfg.data.dataset is not None:
-        DATASETS.check_params(cfg.data.dataset, _plain(cfg.data.params), "data.params")
+        _check_data_params(cfg)
     for i, aug in enumerate(cfg.data.augment):
         AUGMENTATIONS.check_params(aug.name, _plain(aug.params), f"data.augment[{i}].params")
     for i, ev in enumerate(cfg.eval):
         EVALUATORS.check_params(ev.name, _plain(ev.params), f"eval[{i}].params")
+
+
+def _check_data_params(cfg: DictConfig) -> None:
+    """``data.params`` against the dataset's constructor. With ``data.shards`` set, the parameters locating the
+    folder may be unset (``???`` or null): the train split then comes from the shards alone, there are no
+    val/test splits, and evaluators (which read those splits) are refused unless ``eval`` is empty."""
+    params = _plain(cfg.data.params)
+    unset = unset_params(DATASETS.get(cfg.data.dataset), params) if cfg.data.shards else []
+    if unset and cfg.eval:
+        names = ", ".join(f"data.params.{k}" for k in unset)
+        raise ConfigError(f"eval runs evaluators on the dataset's '{cfg.eval[0].split}' split, but {names} "
+                          f"{'is' if len(unset) == 1 else 'are'} not set (training from data.shards needs no "
+                          f"folder): set {names} to the dataset folder, or pass eval=[] to skip evaluation")
+    DATASETS.check_params(cfg.data.dataset, {k: v for k, v in params.items() if k not in unset}, "data.params")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig,

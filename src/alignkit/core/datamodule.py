@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from alignkit.core.collate import collate_samples
 from alignkit.core.distributed import distributed_position
-from alignkit.core.paired import PairedDataset, build_decoder
+from alignkit.core.paired import PairedDataset, build_decoder, unset_params
 from alignkit.core.registry import DATASETS, ConfigError
 from alignkit.core.resume import ResumableDataLoader
 from alignkit.core.samplers import GroupedBatchSampler
@@ -42,6 +42,12 @@ class AlignmentDataModule(L.LightningDataModule):
       a new order per epoch needs ``persistent_workers`` (the default with workers). Mid-epoch resume
       is exact for the map-style loaders only.
 
+    Training from shards needs no folder: the dataset parameters that locate it (those without a default,
+    e.g. paired-csv's ``root``) may be left unset (absent, None or ``"???"``). The train split then comes from
+    the shards alone and there are no val/test splits (``val_dataset``/``test_dataset`` None, ``[]`` loaders;
+    :meth:`eval_dataloader` gives None); set the folder to validate and test on its splits. Without shards an
+    unset one is a :class:`ConfigError`.
+
     Samplers are built in the ``*_dataloader`` hooks, after the process group exists, and shard by
     rank themselves: run the Trainer with ``use_distributed_sampler=False``.
 
@@ -62,6 +68,12 @@ class AlignmentDataModule(L.LightningDataModule):
         if "split" in self.params:
             raise ConfigError("data.params must not set 'split': the DataModule passes train_split, val_split "
                               "and test_split")
+        self.unset = unset_params(DATASETS.get(dataset), self.params)
+        if self.unset and not shards:
+            names = ", ".join(f"data.params.{k}" for k in self.unset)
+            raise ConfigError(f"{names} not set: give the folder of dataset '{dataset}', or train from shards "
+                              "(data.shards)")
+        self.params = {k: v for k, v in self.params.items() if k not in self.unset}
         DATASETS.check_params(dataset, self.params, "data.params")
         if hard_negative_batches and shards:
             raise ConfigError("hard_negative_batches needs random access to the dataset; it cannot be combined "
@@ -83,9 +95,9 @@ class AlignmentDataModule(L.LightningDataModule):
 
     # datasets ------------------------------------------------------------------------------------
     def _split_dataset(self, role: str) -> Optional[PairedDataset]:
-        """The dataset of ``role`` ("train", "val", "test"), built once; None if unset or empty."""
+        """The dataset of ``role`` ("train", "val", "test"), built once; None if unset, empty or without folder."""
         if role not in self._built:
-            split = self.splits[role]
+            split = self.splits[role] if not self.unset else None
             dataset = DATASETS.build(self.dataset, split=split, where="data.params", **self.params) \
                 if split is not None else None
             self._built[role] = dataset if dataset is not None and len(dataset) > 0 else None
@@ -184,7 +196,7 @@ class AlignmentDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: Optional[str]) -> Optional[DataLoader]:
         """:meth:`loader_for` the dataset's ``split`` (e.g. "train", "test"), or None when it has no items."""
-        if split is None:
+        if split is None or self.unset:
             return None
         role = next((r for r, s in self.splits.items() if s == split), None)
         if role is not None and not (role == "train" and self.shards):

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,27 +54,67 @@ def check_image_decodes(path: Path) -> None:
                          "is damaged, truncated or not an image") from None
 
 
-def _image_field(raw: RawRecord) -> str:
-    for ext in IMAGE_EXTENSIONS:
-        if ext in raw:
-            return ext
-    raise ValueError(f"record has no image field (one of {', '.join(IMAGE_EXTENSIONS)}); "
-                     f"its fields: {', '.join(sorted(raw))}")
+DEFAULT_IMAGE_KEY = ";".join((*IMAGE_EXTENSIONS, "image"))
+"""The record fields searched for the image, in order: every :data:`IMAGE_EXTENSIONS` entry, then ``image``."""
+
+DEFAULT_CAPTION_KEY = "txt"
+"""The record field holding the caption: ``txt``, as img2dataset and open_clip write it."""
+
+
+def field_names(spec: str | Sequence[str], what: str) -> Tuple[str, ...]:
+    """``"jpg;png;webp"`` (webdataset's ``to_tuple`` / open_clip's ``--csv-img-key`` convention) or a list of names
+    -> ``("jpg", "png", "webp")``; names are case-sensitive record fields (a file's extension in a shard)."""
+    names = tuple(n.strip() for n in (spec.split(";") if isinstance(spec, str) else spec) if str(n).strip())
+    if not names:
+        raise ConfigError(f"{what} names no record field; give one or more names separated by ';', e.g. 'jpg;png'")
+    bad = [n for n in names if n.startswith(("_", "."))]
+    if bad:
+        raise ConfigError(f"{what}: field names {bad} must not start with '_' (webdataset metadata) or '.'")
+    return names
+
+
+def record_where(raw: RawRecord) -> str:
+    """Where a shard record came from: ``sample '<__key__>' of shard <__url__>`` (webdataset's metadata), or
+    ``""`` for a record that is not read from a shard."""
+    parts = []
+    if "__key__" in raw:
+        parts.append(f"sample '{raw_text(raw['__key__'])}'")
+    if "__url__" in raw:
+        parts.append(f"shard {raw_text(raw['__url__'])}")
+    return " of ".join(parts)
+
+
+def _alignkit_meta(raw: RawRecord) -> Dict[str, Any]:
+    """The record's ``json`` if alignkit wrote it (it holds ``id`` and ``where``); ``{}`` when absent or foreign
+    (img2dataset's ``{"url", "caption", "key", "status", ...}``)."""
+    if "json" not in raw:
+        return {}
+    try:
+        meta = json.loads(raw_text(raw["json"]))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) and "id" in meta and "where" in meta else {}
 
 
 @dataclass(frozen=True)
 class ImageTextDecoder:
-    """Decodes a paired image-text record (see :meth:`~alignkit.core.paired_csv.PairedImageTextCSV.raw`) into a
-    sample.
+    """Decodes a paired image-text record into a sample: alignkit's own (see
+    :meth:`~alignkit.core.paired_csv.PairedImageTextCSV.raw`) or a WebDataset shard in the layout img2dataset and
+    open_clip write (``000000001.jpg``, ``000000001.txt``, optional ``000000001.json`` of their own fields).
 
-    ``image = (load_image(bytes) - mean) / std`` per channel, float Tensor (C, S, S);
-    ``text`` from ``txt``; ``label`` from ``cls`` (if present); ``id`` and ``group`` from ``json``.
+    ``image = (load_image(bytes) - mean) / std`` per channel, float Tensor (C, S, S), from the first field of
+    ``image_key`` the record holds (``"jpg;png;webp"``: names separated by ``;``); ``text`` from the first field of
+    ``caption_key``; ``label`` from ``cls`` (if present). ``id`` and ``group`` come from ``json`` when it holds
+    alignkit's fields (``id``, ``where``); otherwise ``id`` is the record's ``__key__`` (if any) and there is no
+    group. Errors name the sample's ``__key__`` and shard ``__url__``.
     """
 
     image_size: int = 32
     channels: int = 3
     mean: Tuple[float, ...] = (0.5,)
     std: Tuple[float, ...] = (0.5,)
+    image_key: str | Tuple[str, ...] = DEFAULT_IMAGE_KEY
+    caption_key: str | Tuple[str, ...] = DEFAULT_CAPTION_KEY
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -88,25 +128,47 @@ class ImageTextDecoder:
             object.__setattr__(self, name, value)
         if min(self.std) <= 0:
             raise ConfigError(f"std must be positive, got {self.std}")
+        object.__setattr__(self, "image_key", field_names(self.image_key, "image_key"))
+        object.__setattr__(self, "caption_key", field_names(self.caption_key, "caption_key"))
 
     def image(self, data: bytes) -> Tensor:
         """Image file bytes -> the normalised float Tensor (C, S, S) a tower sees."""
         image = load_image(data, self.image_size, self.channels)
         return (image - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
 
+    def _field(self, raw: RawRecord, names: Tuple[str, ...], what: str, param: str, where: str) -> str:
+        for name in names:
+            if name in raw:
+                return name
+        fields = sorted(k for k in raw if not k.startswith("__"))
+        raise ValueError(f"{where or 'record'} has no {what} field (one of {';'.join(names)}); its fields: "
+                         f"{', '.join(fields) or 'none'}; set data.params.{param} to the name its shards use")
+
     def __call__(self, raw: RawRecord) -> Dict[str, Any]:
-        meta = json.loads(raw_text(raw["json"]))
-        where = meta["where"] + (f", shard {raw['__url__']}" if "__url__" in raw else "")
+        meta = _alignkit_meta(raw)
+        where = ", ".join(w for w in (meta.get("where", ""), record_where(raw)) if w)
+        image_field = self._field(raw, self.image_key, "image", "image_key", where)  # type: ignore[arg-type]
+        caption_field = self._field(raw, self.caption_key, "caption", "caption_key", where)  # type: ignore[arg-type]
         try:
-            image = self.image(bytes(raw[_image_field(raw)]))  # type: ignore[arg-type]
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"cannot decode image '{meta['id']}' ({where}): {exc}") from exc
-        sample: Dict[str, Any] = {"image": image, "text": raw_text(raw["txt"]), "id": meta["id"]}
+            image = self.image(bytes(raw[image_field]))  # type: ignore[arg-type]
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            name = f"image '{meta['id']}'" if "id" in meta else f"field '{image_field}'"
+            raise ValueError(f"cannot decode {name} ({where or 'record'}): {exc}") from exc
+        sample: Dict[str, Any] = {"image": image, "text": raw_text(raw[caption_field])}
+        if "id" in meta:
+            sample["id"] = meta["id"]
+        elif "__key__" in raw:
+            sample["id"] = raw_text(raw["__key__"])
         if "cls" in raw:
-            sample["label"] = int(raw_text(raw["cls"]))
+            try:
+                sample["label"] = int(raw_text(raw["cls"]).strip())
+            except ValueError:
+                raise ValueError(f"{where or 'record'}: cls {raw_text(raw['cls'])!r} is not an integer class "
+                                 "index") from None
         if "group" in meta:
             sample["group"] = int(meta["group"])
         return sample
 
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image", "check_image_decodes", "ImageTextDecoder"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_IMAGE_KEY", "DEFAULT_CAPTION_KEY", "field_names", "record_where",
+           "load_image", "check_image_decodes", "ImageTextDecoder"]

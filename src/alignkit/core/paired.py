@@ -36,14 +36,38 @@ def raw_text(value: RawValue) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-def build_decoder(dataset_cls: type, params: Mapping[str, Any]) -> Decoder:
-    """``dataset_cls.decoder(**p)`` with ``p`` the entries of ``params`` that the decoder's signature names.
+UNSET = "???"
+"""OmegaConf's mark of a mandatory value left unset (``root: ???`` in a config)."""
+
+
+def unset_params(dataset_cls: type, params: Mapping[str, Any]) -> List[str]:
+    """The constructor parameters of ``dataset_cls`` without a default (``split`` aside) that ``params`` leaves
+    unset: absent, None or ``"???"``. These locate the dataset's files (paired-csv's ``root``): a run that
+    trains from shards needs none of them."""
+    unset = []
+    for name, p in inspect.signature(dataset_cls.__init__).parameters.items():
+        if name in ("self", "split") or p.default is not p.empty or \
+                p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = params.get(name)
+        if value is None or (isinstance(value, str) and value == UNSET):
+            unset.append(name)
+    return unset
+
+
+def decoder_params(dataset_cls: type, params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The entries of ``params`` that ``dataset_cls.decoder``'s signature names.
 
     ``params`` are the dataset's constructor parameters (the config's ``data.params``); the ones that
     only locate files (``root``, ``csv``, ...) are not decoder parameters and are left out.
     """
     accepted = inspect.signature(dataset_cls.decoder).parameters
-    return dataset_cls.decoder(**{k: v for k, v in params.items() if k in accepted})
+    return {k: v for k, v in params.items() if k in accepted}
+
+
+def build_decoder(dataset_cls: type, params: Mapping[str, Any]) -> Decoder:
+    """``dataset_cls.decoder(**decoder_params(dataset_cls, params))``."""
+    return dataset_cls.decoder(**decoder_params(dataset_cls, params))
 
 
 class PairedDataset(Dataset):
@@ -95,4 +119,4 @@ class PairedDataset(Dataset):
         return self.decode(self.raw(i))
 
 
-__all__ = ["RawValue", "RawRecord", "Decoder", "MISSING_VALUES", "raw_text", "build_decoder", "PairedDataset"]
+__all__ = ["RawValue", "RawRecord", "Decoder", "MISSING_VALUES", "raw_text", "UNSET", "unset_params", "decoder_params", "build_decoder", "PairedDataset"]

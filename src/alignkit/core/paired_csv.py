@@ -5,9 +5,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from alignkit.core.images import IMAGE_EXTENSIONS, ImageTextDecoder, check_image_decodes
+from alignkit.core.images import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, IMAGE_EXTENSIONS, ImageTextDecoder,
+                                  check_image_decodes)
 from alignkit.core.paired import MISSING_VALUES, PairedDataset, RawValue, build_decoder
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf
@@ -56,6 +57,13 @@ class PairedImageTextCSV(PairedDataset):
     raises when the item is read. With ``skip_bad=True`` all of these (undecodable images too: every image is
     decoded in full while indexing, so a truncated JPEG or PNG is caught) are dropped instead, listed in
     ``self.skipped`` and counted in one logged warning.
+
+    Training from WebDataset shards (``data.shards``) needs no folder: ``root`` may stay unset and only the
+    decoder's parameters matter (``image_size``, ``channels``, ``mean``, ``std``, ``image_key``,
+    ``caption_key``; see :class:`~alignkit.core.images.ImageTextDecoder`). Shards written by
+    ``alignkit shard`` and shards in img2dataset's / open_clip's layout (``<key>.jpg``, ``<key>.txt``, optional
+    ``<key>.json``) both decode; ``image_key``/``caption_key`` name other fields (``"jpg;png;webp"``: the first
+    present is used).
     """
 
     def __init__(self, root: str, split: str = "train", csv: str = "pairs.csv", image_column: str = "path",
@@ -63,11 +71,14 @@ class PairedImageTextCSV(PairedDataset):
                  split_column: Optional[str] = "split", group_column: Optional[str] = None,
                  hard_negative_columns: Optional[List[str]] = None, image_size: Annotated[int, AT_LEAST_ONE] = 32,
                  channels: Annotated[int, OneOf((1, 3))] = 3, mean: Sequence[float] = (0.5,),
-                 std: Sequence[Annotated[float, POSITIVE]] = (0.5,), skip_bad: bool = False):
+                 std: Sequence[Annotated[float, POSITIVE]] = (0.5,), skip_bad: bool = False,
+                image_key: Union[str, List[str]] = DEFAULT_IMAGE_KEY,
+                caption_key: Union[str, List[str]] = DEFAULT_CAPTION_KEY):
         super().__init__(params=locals())
         self._decoder = build_decoder(type(self), self.params)  # validates image_size/channels/mean/std now
         self.root = Path(root)
         self.csv_path = self.root / csv
+        self._csv_name = Path(csv).name if Path(csv).is_absolute() else str(csv)  # no local path in records
         if isinstance(hard_negative_columns, str):
             hard_negative_columns = [hard_negative_columns]
         header, rows, undecodable = self._read_csv(skip_bad)
@@ -118,8 +129,11 @@ class PairedImageTextCSV(PairedDataset):
 
     @classmethod
     def decoder(cls, image_size: int = 32, channels: int = 3, mean: Sequence[float] = (0.5,),
-                std: Sequence[float] = (0.5,)) -> ImageTextDecoder:
-        return ImageTextDecoder(image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std))
+                std: Sequence[float] = (0.5,), image_key: Union[str, Sequence[str]] = DEFAULT_IMAGE_KEY,
+                caption_key: Union[str, Sequence[str]] = DEFAULT_CAPTION_KEY) -> ImageTextDecoder:
+        return ImageTextDecoder(image_size=image_size, channels=channels, mean=tuple(mean), std=tuple(std),
+                                image_key=image_key if isinstance(image_key, str) else tuple(image_key),
+                                caption_key=caption_key if isinstance(caption_key, str) else tuple(caption_key))
 
     def _read_csv(self, skip_bad: bool) -> Tuple[List[str], List[Dict[str, str]], Dict[int, str]]:
         """Header, rows and (under ``skip_bad``) the rows holding bytes that are not text, with the complaint."""
@@ -176,17 +190,25 @@ class PairedImageTextCSV(PairedDataset):
         return f"row{self._items[i].row:07d}"
 
     def raw(self, i: int) -> Dict[str, RawValue]:
-        """``{<image ext>: file bytes, "txt": caption, "cls": label (if any), "json": '{"id", "where", "group"}'}``."""
+        """``{<image ext>: file bytes, "txt": caption, "cls": label (if any), "json": '{"id", "where", "group"}'}``.
+
+        ``where`` is relative (``"pairs.csv row 12"``), so shards hold no local path. The image field is the
+        file's extension when ``image_key`` lists it, else the first ``image_key`` name; the caption field is
+        the first ``caption_key`` name: the folder and its shards decode alike.
+        """
         item = self._items[i]
-        where = f"{self.csv_path} row {item.row}"
         try:
             data = item.path.read_bytes()
         except OSError as exc:
-            raise ValueError(f"cannot read image '{item.path}' ({where}): {exc}") from exc
-        meta: Dict[str, Any] = {"id": item.id, "where": where}
+            raise ValueError(f"cannot read image '{item.path}' ({self.csv_path} row {item.row}): {exc}") from exc
+        meta: Dict[str, Any] = {"id": item.id, "where": f"{self._csv_name} row {item.row}"}
         if item.group is not None:
             meta["group"] = item.group
-        record: Dict[str, RawValue] = {item.path.suffix.lower().lstrip("."): data, "txt": item.caption,
+        decoder = self._decoder
+        assert isinstance(decoder, ImageTextDecoder)
+        ext = item.path.suffix.lower().lstrip(".")
+        image_field = ext if ext in decoder.image_key else decoder.image_key[0]
+        record: Dict[str, RawValue] = {image_field: data, decoder.caption_key[0]: item.caption,
                                        "json": json.dumps(meta)}
         if item.label is not None:
             record["cls"] = item.label

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from alignkit.core.distributed import distributed_position
-from alignkit.core.paired import Decoder, PairedDataset
+from alignkit.core.paired import Decoder, PairedDataset, decoder_params
 from alignkit.core.registry import DATASETS
 
 MANIFEST = "manifest.json"
@@ -43,8 +43,10 @@ def write_shards(dataset: PairedDataset, out_dir: Union[str, Path], max_count: i
     ``{"__key__": dataset.key(i), **dataset.raw(i)}``; webdataset encodes the fields by extension
     (bytes as they are, ``str`` as UTF-8, ``int`` for ``cls`` as its digits). Tar entries get mtime 0,
     so the same dataset gives byte-identical shards. ``out_dir/manifest.json`` records the registry
-    name and params of the dataset, the item count and the shard file names and brace pattern (see
-    :func:`shard_pattern`), e.g. ``out/shard-{000000..000012}.tar`` for the training config.
+    name of the dataset, its decoder's params (:func:`~alignkit.core.paired.decoder_params`: what
+    decoding needs; the ones locating files, such as ``root``, are left out so that no local path is
+    written), the item count and the shard file names and brace pattern (see :func:`shard_pattern`,
+    relative to ``out_dir``), e.g. ``shard-{000000..000012}.tar`` for the training config.
     Refuses to write into a folder that already holds ``<prefix>-*.tar`` files.
     """
     out = Path(out_dir)
@@ -72,7 +74,8 @@ def write_shards(dataset: PairedDataset, out_dir: Union[str, Path], max_count: i
                 raise ValueError(f"{type(dataset).__name__}.raw({i}) has fields {reserved}; names starting with "
                                  "'_' are webdataset metadata")
             sink.write({"__key__": key, **record})
-    manifest = {"dataset": _registered_name(dataset), "params": dataset.params, "count": len(dataset),
+    manifest = {"dataset": _registered_name(dataset), "params": decoder_params(type(dataset), dataset.params),
+                "count": len(dataset),
                 "shards": [p.name for p in written], "pattern": Path(shard_pattern(written)).name}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return written
