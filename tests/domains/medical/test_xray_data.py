@@ -211,3 +211,26 @@ def test_masks_csv_errors_name_the_file(tmp_path, cxr_tiny) -> None:
     (root / "masks.csv").write_text(text)
     with pytest.raises(ConfigError, match="mask_path"):
         XRayReportDataset(layout="mimic", root=str(root), split="train", image_size=64, masks_csv="masks.csv")
+
+
+def test_path_parameters_are_resolved_against_root_not_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "archive"
+    (root / "lists").mkdir(parents=True)
+    write_csv(root / "lists" / "train.csv", ["path", "Cardiomegaly"], [(str(CXR / "00000001_000.png"), "1")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the current folder holds no lists/train.csv
+    ds = XRayReportDataset(layout="csv", csv="lists/train.csv", root=str(root), label_columns=["Cardiomegaly"],
+                           frontal_only=False, image_size=8)
+    assert len(ds) == 1 and ds.reader.csv_path == root / "lists" / "train.csv"
+    absolute = XRayReportDataset(layout="csv", csv=str(root / "lists" / "train.csv"), root="/", frontal_only=False,
+                                 label_columns=["Cardiomegaly"], image_size=8)  # an absolute path stays as given
+    assert len(absolute) == 1
+    with pytest.raises(FileNotFoundError, match=r"csv .*'lists/missing\.csv' not found: looked for "
+                                                 rf"{root}/lists/missing\.csv .*resolved against root"):
+        XRayReportDataset(layout="csv", csv="lists/missing.csv", root=str(root), frontal_only=False)
+    with pytest.raises(FileNotFoundError, match=rf"masks_csv 'masks\.csv' not found: looked for {root}/masks\.csv"):
+        XRayReportDataset(layout="csv", csv="lists/train.csv", root=str(root), label_columns=["Cardiomegaly"],
+                          frontal_only=False, masks_csv="masks.csv")
+    nih = XRayReportDataset(layout="nih", csv="Data_Entry_2017_v2020_sample.csv", root=str(CXR), image_size=8)
+    assert len(nih) == 2  # NIH's csv is found under root too

@@ -299,3 +299,32 @@ def test_dataset_params_hold_the_filled_shared_defaults(modelnet_root: Path, cac
     assert data.params["num_points"] == 64 and data.params["layout"] == "auto"
     assert {k: v for k, v in data.params.items() if k in pc_data.point_dataset_params()} == \
         pc_data.point_dataset_params(num_points=64, cache_dir=str(cache_dir))
+
+
+def test_a_read_only_dataset_prepares_and_renders_without_writing_into_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "dataset"
+    (root / "lists").mkdir(parents=True)
+    for name in ("ballA.off", "featuretype.STL"):
+        (root / name).write_bytes((SHARED / "meshes" / name).read_bytes())
+    (root / "lists" / "labels.csv").write_text("path,label,split\nballA.off,ball,test\nfeaturetype.STL,part,test\n")
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "user-cache"))  # the default cache_dir's parent
+    monkeypatch.chdir(tmp_path)  # the current folder is not root: csv is found under root
+    before = sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    for folder in [root / "lists", root]:
+        folder.chmod(0o555)
+    try:
+        ds = DATASETS.build("point-folder", root=str(root), csv="lists/labels.csv", split="test", num_points=64,
+                            surface_points=512, with_images=True, num_views=2, image_size=16)
+        assert len(ds) == 2
+        for i in range(len(ds)):
+            assert ds[i]["points"].shape == (64, 3) and ds[i]["image"].shape == (3, 16, 16)
+        assert sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+        cache = tmp_path / "user-cache" / "pointcloud"
+        assert len(list(cache.glob("*.npy"))) == 2 and len(list((cache / "views").glob("*/views.json"))) == 2
+        with pytest.raises(ConfigError, match=r"csv 'lists/nope\.csv' not found: looked for "
+                                              rf"{root}/lists/nope\.csv \(relative paths are resolved against root"):
+            DATASETS.build("point-folder", root=str(root), csv="lists/nope.csv")
+    finally:
+        for folder in [root, root / "lists"]:
+            folder.chmod(0o755)

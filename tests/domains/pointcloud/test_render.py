@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ import trimesh
 from PIL import Image
 
 from alignkit.core.registry import ConfigError
-from alignkit.domains.pointcloud.clouds import SUPPORTED_SUFFIXES, PointCloud
-from alignkit.domains.pointcloud.render import (camera_rays, decode_depth, encode_depth, orbit_cameras, render_file,
-                                                render_mesh, render_points)
+from alignkit.domains.pointcloud.clouds import SUPPORTED_SUFFIXES, PointCloud, load_geometry
+from alignkit.domains.pointcloud.render import (camera_rays, decode_depth, default_views_dir, encode_depth,
+                                                orbit_cameras, render_file, render_geometry, render_mesh,
+                                                render_points)
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared" / "data" / "pointcloud"
@@ -121,9 +123,59 @@ def test_every_shared_file_renders_to_pngs(path: Path, tmp_path: Path) -> None:
     assert np.all((depth[seen] >= meta["near"] - 1e-3) & (depth[seen] <= meta["far"] + 1e-3))
 
 
-def test_views_go_next_to_the_file_by_default(tmp_path: Path) -> None:
-    shutil.copy(SHARED / "meshes" / "ballA.off", tmp_path / "ballA.off")
-    written = render_file(tmp_path / "ballA.off", num_views=1, image_size=32, kinds=("shaded",), threads=1)
-    assert written == [tmp_path / "ballA_views32" / "shaded_00.png"]
-    with pytest.raises(ConfigError, match="view kinds"):
-        render_file(tmp_path / "ballA.off", num_views=1, image_size=32, kinds=("normal",), threads=1)
+def _tree(folder: Path) -> List[Tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_views_never_go_beside_a_read_only_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    shutil.copy(SHARED / "meshes" / "ballA.off", dataset / "ballA.off")
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    before = _tree(dataset)
+    dataset.chmod(0o555)
+    try:
+        with pytest.raises(TypeError):
+            render_file(dataset / "ballA.off", num_views=1)  # out_dir is required  # type: ignore[call-arg]
+        default = default_views_dir(dataset / "ballA.off", 32)
+        assert default.is_relative_to(tmp_path / "cache" / "pointcloud" / "views")
+        written = render_file(dataset / "ballA.off", default, num_views=1, image_size=32, kinds=("shaded",),
+                              threads=1)
+        assert written == [default / "shaded_00.png"] and written[0].is_file()
+        assert _tree(dataset) == before  # nothing new (and nothing touched) inside the dataset
+        with pytest.raises(ConfigError, match="view kinds"):
+            render_file(dataset / "ballA.off", tmp_path / "v", num_views=1, image_size=32, kinds=("normal",),
+                        threads=1)
+    finally:
+        dataset.chmod(0o755)
+
+
+def test_default_views_dir_changes_when_the_file_does(tmp_path: Path) -> None:
+    path = tmp_path / "a.xyz"
+    path.write_text("0 0 0\n1 0 0\n")
+    first = default_views_dir(path, 32, tmp_path / "cache")
+    assert first == default_views_dir(path, 32, tmp_path / "cache") and first.name.endswith("_a_views32")
+    path.write_text("0 0 0\n1 0 0\n0 1 0\n")
+    assert default_views_dir(path, 32, tmp_path / "cache") != first
+
+
+def _silhouette_height_width(mask: np.ndarray) -> Tuple[int, int]:
+    rows, cols = np.nonzero(mask)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def test_a_y_up_mesh_renders_upright_with_up_axis_y(tmp_path: Path) -> None:
+    tall = trimesh.creation.box(extents=(0.3, 1.0, 0.3))  # a pillar standing along y
+    tall.export(tmp_path / "pillar.ply")
+    views = render_geometry(load_geometry(tmp_path / "pillar.ply"), num_views=4, image_size=64, up_axis="y",
+                            threads=1)
+    for v in range(4):
+        height, width = _silhouette_height_width(views.mask[v])
+        assert height > 1.8 * width, (v, height, width)
+    lying = render_geometry(load_geometry(tmp_path / "pillar.ply"), num_views=4, image_size=64, up_axis="z",
+                            threads=1)  # the default z: the pillar lies on its side in some views
+    assert any(np.subtract(*_silhouette_height_width(lying.mask[v])) < 0 for v in range(4))
+    written = render_file(tmp_path / "pillar.ply", tmp_path / "views", num_views=1, image_size=64, up_axis="y",
+                          kinds=("depth",), threads=1)
+    height, width = _silhouette_height_width(np.asarray(Image.open(written[0])) > 0)
+    assert height > 1.8 * width

@@ -17,7 +17,7 @@ from alignkit.domains.pointcloud.rgbd.dataset import frame_to_cloud
 from alignkit.domains.pointcloud.rgbd.files import (IGNORE_INDEX, decode_depth, decode_labels, read_intrinsics,
                                                     read_pose, read_trajectory_log)
 from alignkit.domains.pointcloud.rgbd.geometry import backproject
-from alignkit.domains.pointcloud.rgbd.scenes import RGBDScene
+from alignkit.domains.pointcloud.rgbd.scenes import DEPTH_SCALES, RGBDScene
 from alignkit.domains.pointcloud.rgbd.synthetic import SYNTHETIC_CLASSES, write_synthetic_scenes
 
 REPO = Path(__file__).resolve().parents[3]
@@ -227,3 +227,34 @@ def test_rgbd_frames_bad_scene_is_named_or_skipped(tmp_path: Path, scenes: Path)
     assert len(ds) == 2 and len(ds.skipped) == 1 and "scene_0001" in ds.skipped[0][0]
     with pytest.raises(FileNotFoundError, match="no split file .*other.txt"):
         DATASETS.build("rgbd-frames", root=str(root), split="other")
+
+
+@needs_shared
+def test_layouts_bring_their_documented_depth_scale(tmp_path: Path):
+    """A TUM scene read with layout tum (depth_scale null) comes out in metres: a desk at 0.5-10 m, not 46 m."""
+    scene = tmp_path / "root" / "fr1_desk"
+    (scene / "color").mkdir(parents=True)
+    (scene / "depth").mkdir()
+    shutil.copy(TUM / "TUM_color.png", scene / "color" / "0.png")
+    shutil.copy(TUM / "TUM_depth.png", scene / "depth" / "0.png")
+    shutil.copy(LIVINGROOM / "camera_primesense.json", scene / "camera.json")  # Open3D's PrimeSenseDefault
+    (tmp_path / "root" / "classes.txt").write_text("thing\n")
+    (tmp_path / "root" / "test.txt").write_text("fr1_desk\n")
+    tum = RGBDScene(scene, layout="tum")
+    assert tum.depth_scale == DEPTH_SCALES["tum"] == 5000.0
+    depth = tum[0].depth
+    assert 0.5 < float(depth[depth > 0].median()) < 10.0 and float(depth.max()) < 10.0
+    assert RGBDScene(scene).depth_scale == 1000.0  # default layout scannet: millimetres
+    assert RGBDScene(scene, depth_scale=2500.0, layout="tum").depth_scale == 2500.0  # an explicit value overrides
+    ds = DATASETS.build("rgbd-frames", root=str(tmp_path / "root"), split="test", layout="tum", depth_scale=None,
+                        num_points=500)
+    z = ds[0]["points"][:, 2]
+    assert ds.depth_scale == 5000.0 and 0.5 < float(z.median()) < 10.0
+    millimetres = DATASETS.build("rgbd-frames", root=str(tmp_path / "root"), split="test", num_points=500)
+    assert float(millimetres[0]["points"][:, 2].median()) > 5.0  # the old 1000 default: a room metres too deep
+    assert {k: DEPTH_SCALES[k] for k in ("scannet", "redwood", "7-scenes", "augmented-icl-nuim")} == dict.fromkeys(
+        ("scannet", "redwood", "7-scenes", "augmented-icl-nuim"), 1000.0)
+    with pytest.raises(ConfigError, match="layout"):
+        DATASETS.build("rgbd-frames", root=str(tmp_path / "root"), split="test", layout="tumm")
+    with pytest.raises(FileNotFoundError, match=r"intrinsics 'nope\.json' not found: looked for .*fr1_desk/nope"):
+        RGBDScene(scene, intrinsics="nope.json")

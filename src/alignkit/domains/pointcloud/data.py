@@ -9,8 +9,8 @@ Every dataset wraps a layout reader of :mod:`alignkit.domains.pointcloud.layouts
   ``with_images``). The cloud comes from :func:`~alignkit.domains.pointcloud.preprocess.prepare_points` (meshes
   sampled on their surface, FPS to ``num_points``, unit sphere), kept in a
   :class:`~alignkit.domains.pointcloud.preprocess.SampledCloudCache` so later epochs read one small ``.npy``;
-  views are rendered once (:mod:`~alignkit.domains.pointcloud.render`) and kept as PNGs next to the file
-  (or under ``render_dir``).
+  views are rendered once (:mod:`~alignkit.domains.pointcloud.render`) and kept as PNGs in the cache folder
+  (or under ``render_dir``), never inside the dataset.
 - :class:`PointCloudDecoder` turns a record (from the folder or a shard) into the sample
   ``{"points": float Tensor (num_points, 3+F), "label": int, "text": str, "id": str, "image": float Tensor
   (3, S, S) (with_images)}``. In training (``augment``, default: split ``"train"``) it augments the points
@@ -160,10 +160,13 @@ class PointCloudDataset(PairedDataset):
       ``image_size``, ``image_kinds``, ``image_mean``, ``image_std``: the :class:`PointCloudDecoder`'s;
     - ``up_axis``: the shapes' up axis (None: the layout's; rotation and rendering use it);
     - ``with_images``, ``num_views``, ``render_dir``: render ``num_views`` views of ``image_size`` px per item
-      (shaded and depth) once, beside the file (``<stem>_views<size>/``; ``.h5`` rows in ``<row>/`` below it) or
-      in ``render_dir/<id>_views<size>/``;
+      (shaded and depth) once, into ``render_dir/<id>_views<size>/``, or by default into the cache
+      (:func:`~alignkit.domains.pointcloud.render.default_views_dir` under ``cache_dir``; ``.h5`` rows in
+      ``<row>/`` below it). Nothing is ever written inside ``root``: a read-only dataset works;
     - ``cache``, ``cache_dir``: keep prepared clouds on disk (default dir
-      :func:`~alignkit.domains.pointcloud.preprocess.default_cache_dir`);
+      :func:`~alignkit.domains.pointcloud.preprocess.default_cache_dir`, ``~/.cache/alignkit/pointcloud`` or
+      ``$ALIGNKIT_CACHE/pointcloud``; the demos and runs pass a folder under the run);
+    - ``root`` and ``csv`` (point-folder): a relative ``csv`` is resolved against ``root``;
     - ``classes``: keep only these classes (layout keys or readable names), labelled in this order;
     - ``skip_bad``: drop and list (``skipped``) bad entries instead of raising.
     """
@@ -242,9 +245,8 @@ class PointCloudDataset(PairedDataset):
         size = self.params["image_size"]
         if self.params["render_dir"] is not None:
             return Path(self.params["render_dir"]) / f"{_safe_name(record.id)}_views{size}"
-        if record.row is not None:
-            return default_views_dir(record.path, size) / str(record.row)
-        return default_views_dir(record.path, size)
+        folder = default_views_dir(record.path, size, self.params["cache_dir"])
+        return folder / str(record.row) if record.row is not None else folder
 
     def views(self, record: PointRecord) -> Dict[str, Path]:
         """``{"<kind><vv>.png": path}`` of the record's views, rendering them first if absent."""

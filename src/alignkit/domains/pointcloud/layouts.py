@@ -102,6 +102,18 @@ class PointLayoutReader:
         return load_point_cloud(record.path, surface_points=surface_points, seed=seed, colors=colors)
 
 
+def data_path(value: PathLike, root: PathLike, param: str) -> Path:
+    """A path parameter of a dataset: ``value`` as given when absolute, else ``root/value`` (relative paths
+    are resolved against the dataset's root, not the current folder); a missing file raises
+    :class:`ConfigError` naming the parameter, the value given and the path looked at."""
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() else Path(root) / given
+    if not path.exists():
+        where = "" if given.is_absolute() else f" (relative paths are resolved against root {root})"
+        raise ConfigError(f"{param} '{value}' not found: looked for {path}{where}")
+    return path
+
+
 def _existing_dir(root: PathLike, what: str) -> Path:
     path = Path(root)
     if not path.is_dir():
@@ -287,7 +299,7 @@ class ScanObjectNNReader(PointLayoutReader):
 
 
 class PointFolderReader(PointLayoutReader):
-    """Any supported files listed in a CSV: ``root/<csv>`` with columns ``path_column`` (relative to
+    """Any supported files listed in a CSV: ``csv_name`` (relative to ``root`` unless absolute) with columns ``path_column`` (relative to
     ``root``), ``label_column`` (a class name), optional ``split_column`` (rows equal to ``split``; None
     keeps all) and ``text_column`` (a per-item description appended to captions).
 
@@ -304,9 +316,7 @@ class PointFolderReader(PointLayoutReader):
         if up_axis not in UP_AXES:
             raise ConfigError(f"up_axis must be one of {', '.join(UP_AXES)}; got {up_axis!r}")
         self.up_axis = up_axis
-        self.csv_path = self.root / csv_name
-        if not self.csv_path.is_file():
-            raise ConfigError(f"point-folder: no CSV {self.csv_path}; set csv to the labels file in root")
+        self.csv_path = data_path(csv_name, self.root, "point-folder csv")
         table = read_csv(self.csv_path, bad_rows="list" if skip_bad else "raise")
         header, rows = table.header, table.rows
         for param, column in (("path_column", path_column), ("label_column", label_column),

@@ -17,12 +17,20 @@ Every geometry is first normalised to the unit sphere
 Shading is Lambertian: ``I = colour * (ambient + (1 - ambient) * max(0, n . l))`` with ``n`` the normal
 turned towards the camera (open surfaces render from both sides) and ``l`` a light above and beside the
 camera. Depth is the planar distance along the camera's viewing axis.
+Up axis: ``up_axis`` (``x``, ``y`` or ``z``, default ``z``) names the direction that is "up" in the file; the
+cameras orbit it and it is the images' vertical. The default z is the convention of ModelNet40's ``.off`` meshes
+(:class:`~alignkit.domains.pointcloud.layouts.ModelNet40MeshReader`), of trimesh and of Blender. Y-up sources need
+``up_axis="y"``: ShapeNetCore OBJs, Point-BERT's ShapeNet-55 clouds (ULIP's pre-training data),
+``modelnet40_normal_resampled`` and ScanObjectNN; the layout readers state their own (``up_axis`` of a reader,
+which the datasets use unless their ``up_axis`` parameter overrides it).
+
 Files (:func:`write_views`): ``shaded_XX.png`` (RGB, 8 bit, white background) and ``depth_XX.png``
 (16 bit: ``1 + round(65534 (far - z) / (far - near))``, near bright, 0 = background; ``near``/``far`` and the
 cameras are in ``views.json``, :func:`decode_depth` inverts it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +43,7 @@ from PIL import Image
 
 from alignkit.core.registry import ConfigError
 from alignkit.domains.pointcloud.clouds import UP_AXES, PointCloud, estimate_normals, load_geometry, mesh_has_colors
-from alignkit.domains.pointcloud.preprocess import normalize_unit_sphere
+from alignkit.domains.pointcloud.preprocess import default_cache_dir, normalize_unit_sphere
 
 logger = logging.getLogger(__name__)
 
@@ -281,10 +289,18 @@ def write_views(views: RenderedViews, out_dir: PathLike, kinds: Sequence[str] = 
     return written
 
 
-def default_views_dir(path: PathLike, image_size: int) -> Path:
-    """Where the views of ``path`` go by default: beside it, ``<stem>_views<image_size>/``."""
+def default_views_dir(path: PathLike, image_size: int, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where the views of ``path`` go when no folder is given: never beside the file (datasets may be
+    read-only and shared), but ``<cache_dir>/views/<key>_<stem>_views<image_size>/`` with ``cache_dir``
+    default :func:`~alignkit.domains.pointcloud.preprocess.default_cache_dir` (``~/.cache/alignkit/pointcloud``)
+    and ``key`` the first 16 hex digits of ``sha1(resolved path, mtime_ns, size)``, so an edited or replaced
+    file gets new views."""
     path = Path(path)
-    return path.parent / f"{path.stem}_views{image_size}"
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = hashlib.sha1(f"{resolved}\0{stat.st_mtime_ns}\0{stat.st_size}".encode()).hexdigest()[:16]
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return base / "views" / f"{key}_{path.stem}_views{image_size}"
 
 
 def render_geometry(geometry: Union["trimesh.Trimesh", PointCloud], num_views: int = 12,  # noqa: F821
@@ -295,9 +311,16 @@ def render_geometry(geometry: Union["trimesh.Trimesh", PointCloud], num_views: i
     return render_mesh(geometry, num_views, image_size, up_axis, threads=threads)
 
 
-def render_file(path: PathLike, out_dir: Optional[PathLike] = None, num_views: int = 12, image_size: int = 224,
+def render_file(path: PathLike, out_dir: PathLike, num_views: int = 12, image_size: int = 224,
                 up_axis: str = "z", kinds: Sequence[str] = VIEW_KINDS, threads: int = 0) -> List[Path]:
     """Render a mesh or point file (:func:`~alignkit.domains.pointcloud.clouds.load_geometry`) to PNGs in
-    ``out_dir`` (default :func:`default_views_dir`, next to the file); return the written PNG paths."""
+    ``out_dir`` (required: nothing is written beside the source file, which may sit in a read-only dataset;
+    :func:`default_views_dir` gives a per-file folder under the user cache); return the written PNG paths.
+
+    ``up_axis``: the file's up direction (see the module docstring); a y-up mesh rendered with the default z
+    lies on its side."""
+    if out_dir is None:
+        raise ConfigError(f"render_file({path}): give out_dir, the folder for the views (for example "
+                          f"default_views_dir(path, image_size)); views are never written beside the source file")
     views = render_geometry(load_geometry(path), num_views, image_size, up_axis, threads)
-    return write_views(views, Path(out_dir) if out_dir is not None else default_views_dir(path, image_size), kinds)
+    return write_views(views, out_dir, kinds)

@@ -33,6 +33,21 @@ def _clean_id(value: str) -> str:
     return text[:-2] if re.fullmatch(r"\d+\.0", text) else text
 
 
+def data_path(value: PathLike, root: Optional[PathLike], param: str, must_exist: bool = True) -> Path:
+    """A path parameter of an archive: ``value`` as given when absolute (or when there is no ``root``), else
+    ``root/value`` (relative paths are resolved against the archive's root, not the current folder).
+
+    ``must_exist``: a missing file or folder raises :class:`FileNotFoundError` naming the parameter, the value
+    given and the path looked at.
+    """
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() or root is None else Path(root).expanduser() / given
+    if must_exist and not path.exists():
+        where = "" if given.is_absolute() or root is None else f" (relative paths are resolved against root {root})"
+        raise FileNotFoundError(f"{param} '{value}' not found: looked for {path}{where}")
+    return path
+
+
 def _table_file(root: Path, name: str) -> Path:
     """``root/name``, or ``root/name.gz`` as PhysioNet ships it."""
     gz = root / f"{name}.gz"
@@ -128,7 +143,7 @@ _CHEXPERT_STUDY = re.compile(r"(patient\d+)[/\\](study\d+)")
 class CheXpertReader(XRayRecordReader):
     """CheXpert (``train.csv`` / ``valid.csv``): one record per row.
 
-    Columns: ``Path`` (relative to ``root``; when ``root`` is the ``CheXpert-v1.0(-small)`` folder itself, the
+    ``csv``: relative to ``root`` unless absolute. Columns: ``Path`` (relative to ``root``; when ``root`` is the ``CheXpert-v1.0(-small)`` folder itself, the
     path's first folder is dropped), ``Sex``, ``Age`` (unused), ``Frontal/Lateral``, ``AP/PA`` and
     ``label_columns`` (default the 14 :data:`~.records.CHEXPERT_LABELS`; 1.0, 0.0, -1.0, blank).
 
@@ -143,7 +158,8 @@ class CheXpertReader(XRayRecordReader):
                  uncertain: str = "ignore", blank: str = "ignore", skip_bad: bool = False, verify_images: Optional[bool] = None):
         super().__init__(split=split, frontal_only=frontal_only, uncertain=uncertain, blank=blank, skip_bad=skip_bad,
                          verify_images=verify_images)
-        self.csv_path, self.root = Path(csv), Path(root)
+        self.root = Path(root)
+        self.csv_path = data_path(csv, self.root, "csv")
         label_columns = list(label_columns)
         header, rows = read_table(self.csv_path)
         require_columns(self.csv_path, header, [("image column", "Path"),
@@ -198,7 +214,8 @@ class NIHChestXray14Reader(XRayRecordReader):
     def __init__(self, csv: PathLike, images_dir: PathLike, split: Optional[str] = None, frontal_only: bool = False,
                  skip_bad: bool = False, verify_images: Optional[bool] = None):
         super().__init__(split=split, frontal_only=frontal_only, skip_bad=skip_bad, verify_images=verify_images)
-        self.csv_path, self.images_dir = Path(csv), Path(images_dir)
+        self.images_dir = Path(images_dir)
+        self.csv_path = data_path(csv, None, "csv")
         header, rows = read_table(self.csv_path)
         require_columns(self.csv_path, header, [("image column", "Image Index"), ("label column", "Finding Labels")])
         splits = self._official_splits()
@@ -255,7 +272,7 @@ class NIHChestXray14Reader(XRayRecordReader):
 class GenericCsvReader(XRayRecordReader):
     """Any CSV that lists images: one record per row, columns named by the parameters.
 
-    ``image_column``: image path relative to ``root``; ``report_column``: the report text (or, with
+    ``csv``: relative to ``root`` unless absolute. ``image_column``: image path relative to ``root``; ``report_column``: the report text (or, with
     ``report_is_path``, a report file relative to ``root``), None for no reports; ``label_columns``: label
     columns holding 1, 0, -1 or blank; ``split_column``, ``view_column``, ``study_column``,
     ``subject_column``: optional (``study_id`` defaults to the image path, ``subject_id`` to ``""``).
@@ -271,7 +288,8 @@ class GenericCsvReader(XRayRecordReader):
                  report_sections: Sequence[str] = ("findings", "impression"), report_rule: str = "any"):
         super().__init__(split=split, frontal_only=frontal_only, uncertain=uncertain, blank=blank, skip_bad=skip_bad,
                          verify_images=verify_images, report_sections=report_sections, report_rule=report_rule)
-        self.csv_path, self.root = Path(csv), Path(root)
+        self.root = Path(root)
+        self.csv_path = data_path(csv, self.root, "csv")
         label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
         if split is not None and split_column is None:
             raise ConfigError(f"split='{split}' needs split_column (the column of {self.csv_path} naming each split)")

@@ -25,7 +25,7 @@ from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
 from alignkit.domains.medical.reports import CXR_HEADERS, REPORT_RULES, split_sentences
 from alignkit.domains.medical.tables import read_table
 from alignkit.domains.medical.xray.archives import (CheXpertReader, GenericCsvReader, MimicCxrJpgReader,
-                                                    NIHChestXray14Reader)
+                                                    NIHChestXray14Reader, data_path)
 from alignkit.domains.medical.xray.images import WINDOWS, Window, check_window, decode_xray
 from alignkit.domains.medical.xray.records import (BLANK_POLICIES, CHEXPERT_LABELS, NIH_LABELS, NO_FINDING,
                                                    UNCERTAIN_POLICIES, XRayRecordReader)
@@ -140,7 +140,11 @@ class XRayReportDataset(PairedDataset):
         label_columns: the findings, in order (``class_names``); default the layout's (CheXpert's 14 for
             MIMIC/CheXpert, NIH's 14 + ``No Finding``, none for ``csv``).
 
-    ``masks_csv`` (relative to ``root``; e.g. the synthetic archive's ``masks.csv``): per-image segmentation
+    Path parameters (``csv``, ``images_dir``, ``reports_root``, ``masks_csv``) are resolved against ``root``
+    when relative (an absolute path stays as given; without ``root``, against the current folder); a missing
+    one raises :class:`FileNotFoundError` naming the value given and the path looked at.
+
+    ``masks_csv`` (e.g. the synthetic archive's ``masks.csv``): per-image segmentation
     masks, rows ``dicom_id, finding, mask_path``; samples then carry ``masks`` ``(K, S, S)`` bool in
     ``mask_classes`` order (default: the CSV's findings, sorted); a class without a row or file is empty.
 
@@ -183,8 +187,7 @@ class XRayReportDataset(PairedDataset):
         self.mask_classes: Optional[List[str]] = None
         self._mask_paths: Dict[str, Dict[str, Path]] = {}
         if masks_csv is not None:
-            self._read_masks(Path(root or ".") / masks_csv if not Path(masks_csv).is_absolute() else Path(masks_csv),
-                             mask_classes)
+            self._read_masks(data_path(masks_csv, root, "cxr masks_csv"), mask_classes)
 
     def _read_masks(self, path: Path, classes: Optional[Sequence[str]]) -> None:
         """Index ``masks_csv``: rows ``dicom_id, finding, mask_path`` (relative to the CSV's folder; an empty
@@ -221,6 +224,9 @@ class XRayReportDataset(PairedDataset):
             missing.append("images_dir (or root)")
         if missing:
             raise ConfigError(f"cxr layout '{layout}' needs {', '.join(missing)} in data.params")
+        csv = str(data_path(csv, root, f"cxr csv (layout '{layout}')")) if csv is not None else None
+        images_dir = str(data_path(images_dir, root, "cxr images_dir")) if images_dir is not None else None
+        reports_root = str(data_path(reports_root, root, "cxr reports_root")) if reports_root is not None else None
         common = dict(split=split, frontal_only=frontal_only, skip_bad=skip_bad, verify_images=verify_images)
         labelled = dict(common, uncertain=uncertain, blank=blank)
         reports = dict(report_sections=tuple(report_sections), report_rule=report_rule)

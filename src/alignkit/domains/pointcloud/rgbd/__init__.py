@@ -8,7 +8,8 @@ and :mod:`~alignkit.domains.pointcloud.rgbd.synthetic` (a procedural dataset roo
 Layouts read (one *scene* folder of registered colour/depth frames, ScanNet- or Open3D/Redwood-like)::
 
     scene/color/<stem>.jpg|png     RGB (resized to the depth size if it differs, as ScanNet's 1296x968 colour)
-    scene/depth/<stem>.png         uint16 depth, metres = value / depth_scale, 0 = no depth
+    scene/depth/<stem>.png         uint16 depth, metres = value / depth_scale, 0 = no depth (depth_scale: the
+                                   layout's, DEPTH_SCALES in scenes.py: TUM 5000, ScanNet/Redwood 1000)
     scene/label/<stem>.png         optional per-pixel class index (255 = unlabeled)
     scene/pose/<stem>.txt          optional 4x4 camera-to-world pose (ScanNet), or
     scene/trajectory.log           optional Open3D/Redwood log: per frame a "id id n" line and 4 matrix rows

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, raw_text
-from alignkit.core.params import AT_LEAST_ONE, POSITIVE
+from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf
 from alignkit.core.registry import DATASETS, ConfigError
 from alignkit.core.text import read_text
 from alignkit.domains.pointcloud.rgbd.files import (COLOR_EXTENSIONS, IGNORE_INDEX, decode_color, decode_depth,
                                                     decode_labels)
 from alignkit.domains.pointcloud.rgbd.geometry import BackProjection, backproject
-from alignkit.domains.pointcloud.rgbd.scenes import RGBDFrame, RGBDScene
+from alignkit.domains.pointcloud.rgbd.scenes import RGBD_LAYOUTS, RGBDFrame, RGBDScene, layout_depth_scale
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +139,25 @@ class RGBDFramesDataset(PairedDataset):
 
     Every frame is one sample (:class:`RGBDFrameDecoder`): ``points (N, 6)``, ``pixels (N, 2)``,
     ``image (3, H, W)``, ``seg (N,)``, ``class_names``, ``id``. All frames of a split must share one
-    image size to be batched. ``depth_scale`` converts the depth PNGs to metres.
+    image size to be batched. ``depth_scale`` converts the depth PNGs to metres (``value / depth_scale``):
+    None (the default) takes the ``layout``'s documented value
+    (:data:`~alignkit.domains.pointcloud.rgbd.scenes.DEPTH_SCALES`: ``tum`` and ``icl-nuim`` 5000; ``scannet``,
+    ``redwood``, ``augmented-icl-nuim`` and ``7-scenes`` 1000), an explicit value overrides it. Scene folders
+    listed in the split files are relative to ``root`` (an absolute one stays as given).
     Bad scenes or frames (missing depth, unreadable intrinsics or pose, no valid depth) raise a
     ``ValueError`` naming the file while indexing; with ``skip_bad`` they are dropped and listed in
     ``skipped`` instead. Frames are checked when read (decoded), not while indexing.
     """
 
     def __init__(self, root: str, split: str = "train", num_points: Annotated[int, AT_LEAST_ONE] = 2048,
-                 depth_scale: Annotated[float, POSITIVE] = 1000.0, seed: Optional[int] = 0, world_frame: bool = False,
-                 center: bool = False, skip_bad: bool = False):
+                 layout: Annotated[str, OneOf(RGBD_LAYOUTS)] = "scannet",
+                 depth_scale: Optional[Annotated[float, POSITIVE]] = None, seed: Optional[int] = 0,
+                 world_frame: bool = False, center: bool = False, skip_bad: bool = False):
         super().__init__(params=locals())
         self._decoder = RGBDFrameDecoder(num_points=num_points, seed=seed, world_frame=world_frame, center=center)
         self.root = Path(root)
-        self.depth_scale = float(depth_scale)
+        self.layout = layout
+        self.depth_scale = layout_depth_scale(layout, depth_scale)
         self.class_names = read_class_names(self.root)
         split_file = self.root / f"{split}.txt"
         if not split_file.is_file():
@@ -163,7 +169,7 @@ class RGBDFramesDataset(PairedDataset):
             if not name:
                 continue
             try:
-                scene = RGBDScene(self.root / name, depth_scale=depth_scale)
+                scene = RGBDScene(self.root / name, depth_scale=self.depth_scale, layout=layout)
                 refs = [_FrameRef(scene, i) for i in range(len(scene))]
                 for ref in refs:
                     scene.depth_path(ref.index)

@@ -8,11 +8,37 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor
 
+from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.core.text import read_text
 from alignkit.domains.pointcloud.rgbd.files import (COLOR_EXTENSIONS, decode_color, decode_depth, decode_labels,
                                                     read_intrinsics, read_pose, read_trajectory_log)
 
 PathLike = Union[str, Path]
+
+DEPTH_SCALES = {"scannet": 1000.0, "redwood": 1000.0, "augmented-icl-nuim": 1000.0, "7-scenes": 1000.0,
+                "tum": 5000.0, "icl-nuim": 5000.0}
+"""Depth PNG units per metre (``metres = value / depth_scale``) of each RGB-D dataset, as documented:
+
+- ``scannet``: 16-bit PNG depth in millimetres (ScanNet's ``SensReader`` export; github.com/ScanNet/ScanNet);
+- ``redwood`` / ``augmented-icl-nuim``: millimetres (Choi et al., "Robust Reconstruction of Indoor Scenes",
+  redwood-data.org/indoor; the default ``depth_scale=1000`` of Open3D's ``create_from_color_and_depth``);
+- ``7-scenes``: millimetres, 65535 = invalid (Microsoft RGB-D Dataset 7-Scenes page; its depth is not
+  registered to the colour camera, and 65535 is not treated as missing here);
+- ``tum``: depth scaled by a factor of 5000, a value of 5000 being 1 m (TUM RGB-D benchmark, "File Formats",
+  cvg.cit.tum.de/data/datasets/rgbd-dataset/file_formats);
+- ``icl-nuim``: the original ICL-NUIM release in TUM RGB-D format, same factor 5000 (Handa et al., ICRA 2014,
+  www.doc.ic.ac.uk/~ahanda/VaFRIC/iclnuim.html).
+"""
+RGBD_LAYOUTS = tuple(DEPTH_SCALES)
+
+
+def layout_depth_scale(layout: str, depth_scale: Optional[float] = None) -> float:
+    """``depth_scale`` when given (an explicit value overrides), else the ``layout``'s :data:`DEPTH_SCALES` entry."""
+    if layout not in DEPTH_SCALES:
+        raise ConfigError(f"RGB-D layout must be one of {', '.join(RGBD_LAYOUTS)}; got {layout!r}"
+                          f"{did_you_mean(str(layout), RGBD_LAYOUTS)}")
+    return float(depth_scale) if depth_scale is not None else DEPTH_SCALES[layout]
+
 
 INTRINSIC_TXT = ("intrinsic/intrinsic_depth.txt", "intrinsic/intrinsic_color.txt", "intrinsic.txt")
 """Intrinsics files looked for in a scene folder, in this order (paths relative to the scene)."""
@@ -60,13 +86,19 @@ class RGBDScene:
     """The frames of one scene folder (layout: :mod:`alignkit.domains.pointcloud.rgbd`), sorted by stem (numerically
     if digits).
 
+    ``depth_scale`` (depth PNG units per metre): None = the ``layout``'s documented value (:data:`DEPTH_SCALES`:
+    5000 for ``tum``, 1000 for ``scannet``, the default), an explicit value overrides it. ``intrinsics``: a file
+    (relative to the scene folder unless absolute), else :func:`find_intrinsics`.
+
     A frame's pose comes from ``pose/<stem>.txt``, else from ``trajectory.log`` (the entry whose id is the
     integer stem, or the frame's position when stems are not integers), else it is None.
     """
 
-    def __init__(self, folder: PathLike, depth_scale: float = 1000.0, intrinsics: Optional[PathLike] = None):
+    def __init__(self, folder: PathLike, depth_scale: Optional[float] = None, intrinsics: Optional[PathLike] = None,
+                 layout: str = "scannet"):
         self.folder = Path(folder)
-        self.depth_scale = float(depth_scale)
+        self.layout = layout
+        self.depth_scale = layout_depth_scale(layout, depth_scale)
         if not (self.folder / "color").is_dir() or not (self.folder / "depth").is_dir():
             raise FileNotFoundError(f"{self.folder} is not an RGB-D scene folder: it needs color/ and depth/ "
                                     "subfolders of frames with matching names")
@@ -75,7 +107,11 @@ class RGBDScene:
             raise FileNotFoundError(f"{self.folder / 'color'} holds no {'/'.join(COLOR_EXTENSIONS)} frames")
         self.stems = sorted(colors, key=_stem_order)
         self.color_paths = [colors[s] for s in self.stems]
-        self.intrinsics_path = Path(intrinsics) if intrinsics is not None else find_intrinsics(self.folder)
+        self.intrinsics_path = (self.folder / Path(intrinsics).expanduser() if intrinsics is not None
+                                else find_intrinsics(self.folder))
+        if not self.intrinsics_path.is_file():
+            raise FileNotFoundError(f"intrinsics '{intrinsics}' not found: looked for {self.intrinsics_path} "
+                                    f"(relative paths are resolved against the scene folder {self.folder})")
         self.intrinsics = read_intrinsics(self.intrinsics_path)
         log = self.folder / "trajectory.log"
         self._trajectory = read_trajectory_log(log) if log.is_file() else None
@@ -118,4 +154,4 @@ class RGBDScene:
                          id=self.frame_id(i))
 
 
-__all__ = ["INTRINSIC_TXT", "RGBDFrame", "find_intrinsics", "RGBDScene"]
+__all__ = ["DEPTH_SCALES", "RGBD_LAYOUTS", "layout_depth_scale", "INTRINSIC_TXT", "RGBDFrame", "find_intrinsics", "RGBDScene"]
