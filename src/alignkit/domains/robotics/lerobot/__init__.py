@@ -4,7 +4,9 @@ The ``lerobot`` package cannot be installed beside this torch, so the format is 
 documented fields (sources: huggingface/lerobot ``src/lerobot/datasets/``, named in each module):
 
 - :mod:`.layout`: codebase version, file paths, default features, task tables, file rollover;
-- :mod:`.stats`: per-feature statistics per episode and aggregated over a dataset;
+- :mod:`.columns`: the arrow types of the data columns (lerobot's ``get_hf_features_from_features``) and
+  their conversion to and from numpy, PNG images stored in parquet included;
+- :mod:`.stats`: per-feature statistics (with q01..q99 quantiles) per episode and aggregated over a dataset;
 - :mod:`.writer`: :class:`LeRobotWriter` (episodes -> parquet + mp4 + ``meta/``);
 - :mod:`.reader`: :class:`LeRobotDataset` (history windows, frames seeked without decoding whole videos);
 - :mod:`.splits`: :func:`split_episodes` and the ``DATASETS`` entry ``"lerobot"`` (:class:`LeRobotSplit`).

@@ -11,7 +11,8 @@ v3.0 layout (written by :class:`~alignkit.domains.robotics.lerobot.writer.LeRobo
     meta/info.json                  codebase_version "v3.0", fps, features {name: {dtype, shape, names, info}},
                                     chunks_size, data_files_size_in_mb, video_files_size_in_mb, data_path,
                                     video_path, total_episodes, total_frames, total_tasks, splits
-    meta/stats.json                 {feature: {min, max, mean, std, count}} (images: per channel, (3, 1, 1), in [0, 1])
+    meta/stats.json                 {feature: {min, max, mean, std, count, q01, q10, q50, q90, q99}} (images: per
+                                    channel, (3, 1, 1), in [0, 1]; see :mod:`.stats`)
     meta/tasks.parquet              column task_index, indexed by the task string (as pandas writes it)
     meta/episodes/chunk-000/file-000.parquet
                                     episode_index, tasks, length, data/chunk_index, data/file_index,
@@ -19,9 +20,14 @@ v3.0 layout (written by :class:`~alignkit.domains.robotics.lerobot.writer.LeRobo
                                     from_timestamp, to_timestamp}, stats/<feature>/<stat>,
                                     meta/episodes/{chunk_index, file_index} (+ alignkit's success, source)
     data/chunk-000/file-000.parquet observation.state, action, <extras>, timestamp, frame_index,
-                                    episode_index, index, task_index (many episodes per file)
-    videos/observation.images.<camera>/chunk-000/file-000.mp4
+                                    episode_index, index, task_index (many episodes per file); column types
+                                    as lerobot's get_hf_features_from_features (:mod:`.columns`): shape (1,)
+                                    scalars, (n,) fixed-size lists, dtype "image" PNG struct<bytes, path>
+    videos/<camera key>/chunk-000/file-000.mp4
                                     many episodes concatenated; episode e spans [from_timestamp, to_timestamp)
+
+A camera is any feature of dtype "video" (frames in mp4 files) or "image" (PNG frames in the data parquet),
+whatever its key: ``observation.images.<name>`` (written here) or e.g. PushT's ``observation.image``.
 
 Files roll over to the next ``file-NNN`` (and ``chunk-NNN`` after ``chunks_size`` files) when they would
 exceed their size limit (:func:`would_overflow`, :func:`next_file`).
@@ -68,8 +74,12 @@ DEFAULT_FEATURES: Dict[str, Dict[str, Any]] = {
 PathLike = Union[str, Path]
 
 
+CAMERA_DTYPES = ("video", "image")
+
+
 def camera_name(key: str) -> str:
-    """``"observation.images.top"`` -> ``"top"``; a key without the prefix is its own name."""
+    """``"observation.images.top"`` -> ``"top"``; a key without the prefix (``"observation.image"``) is its own
+    name."""
     return key[len(IMAGES_PREFIX):] if key.startswith(IMAGES_PREFIX) else key
 
 

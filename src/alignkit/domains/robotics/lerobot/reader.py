@@ -24,7 +24,9 @@ from alignkit.core.checkpoints import read_json
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.core.video import ReaderCache, VideoError, video_frame_count
 from alignkit.domains.robotics.episode import Episode, EpisodeError
-from alignkit.domains.robotics.lerobot.layout import (ACTION, DEFAULT_CHUNK_SIZE, DEFAULT_FEATURES, EPISODES_DIR,
+from alignkit.domains.robotics.lerobot.columns import check_image_column, column_values, decode_image_cells
+from alignkit.domains.robotics.lerobot.layout import (ACTION, CAMERA_DTYPES, DEFAULT_CHUNK_SIZE, DEFAULT_FEATURES,
+                                                      EPISODES_DIR,
                                                       INFO_PATH, LEGACY_EPISODES_PATH, LEGACY_EPISODES_STATS_PATH,
                                                       STATE, STATS_PATH, PathLike, camera_name, read_jsonl,
                                                       read_parquet, read_parquet_columns, read_tasks)
@@ -41,32 +43,10 @@ class _Episode:
     length: int
     start: int  # first row in LeRobotDataset's concatenated arrays
     tasks: List[str]
-    videos: Dict[str, Tuple[Path, np.ndarray]]  # camera key -> (file, frame index in the file of each step)
+    videos: Dict[str, Tuple[Path, np.ndarray]]  # video camera key -> (file, frame index in the file of each step)
+    images: Dict[str, pa.Array]  # image camera key -> the episode's rows of its struct<bytes, path> column
     success: bool
     source: str
-
-
-def _column_values(column: pa.ChunkedArray, shape: Sequence[int], name: str) -> np.ndarray:
-    """A parquet column as numpy: ``(N,)`` for scalars, ``(N, D)`` for list columns of ``D = prod(shape)`` values.
-
-    Raises ValueError naming the column on nulls or rows of another length.
-    """
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if array.null_count:
-        raise ValueError(f"column '{name}' has {array.null_count} null rows")
-    width = int(np.prod(shape)) if shape else 1
-    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
-            or pa.types.is_fixed_size_list(array.type)):
-        if width != 1:
-            raise ValueError(f"column '{name}' holds scalars but its feature has shape {list(shape)}")
-        return array.to_numpy(zero_copy_only=False)
-    lengths = np.full(len(array), array.type.list_size) if pa.types.is_fixed_size_list(array.type) \
-        else array.value_lengths().to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths.min() != width or lengths.max() != width):
-        bad = int(np.flatnonzero(lengths != width)[0])
-        raise ValueError(f"column '{name}' has a row of length {int(lengths[bad])} (row {bad}) but its feature has "
-                         f"shape {list(shape)}")
-    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
 
 def check_stretch(video: Path, from_timestamp: float, to_timestamp: float, fps: float, frames: np.ndarray,
@@ -95,14 +75,17 @@ class LeRobotDataset(Dataset):
     ``t - T + 1 .. t``; steps before the episode start repeat its first frame and have
     ``pad_mask`` False:
 
-    - ``"observation.images.<camera>"``: float Tensor ``(T, 3, H, W)`` in [0, 1] (resized to
-      ``image_size`` (int or (H, W)) if given);
+    - each camera's feature key (``"observation.images.<camera>"``, or another key such as PushT's
+      ``"observation.image"``): float Tensor ``(T, 3, H, W)`` in [0, 1] (resized to ``image_size``
+      (int or (H, W)) if given). A camera is a feature of dtype ``"video"`` (mp4 frames, several episodes
+      per file) or ``"image"`` (PNG frames in the data parquet, ``struct<bytes, path>``);
     - ``"observation.state"`` ``(T, S)``, ``"action"`` ``(T, A)``, each extra feature ``(T,)`` or
       ``(T, k)``: float32 Tensors;
     - ``"pad_mask"``: bool Tensor ``(T,)``;
     - ``"task"`` (str) and ``"task_index"``, ``"episode_index"``, ``"frame_index"`` (int) of frame ``t``.
 
-    ``cameras`` selects cameras by name (``"top"`` or ``"observation.images.top"``); ``episodes`` keeps
+    ``cameras`` selects cameras by name (``"top"``, ``"observation.images.top"`` or a full key such as
+    ``"observation.image"``); ``episodes`` keeps
     only those ``episode_index`` values. Bad episodes (missing frames, state/action vectors of the wrong
     length, a video shorter than its parquet, rows running outside the episode's own stretch
     ``[from_timestamp, to_timestamp)`` of a shared v3.0 video, an unknown task index, an unreadable data
@@ -144,13 +127,11 @@ class LeRobotDataset(Dataset):
         self.fps = float(fps)
         features: Dict[str, Dict[str, Any]] = self.meta["features"]
         self.features = features
-        stored = [k for k, v in features.items() if v["dtype"] == "image"]
-        if stored:
-            raise ValueError(f"{info_path}: image features stored in parquet ({', '.join(stored)}) are not supported; "
-                             "only video features are")
-        all_cameras = [camera_name(k) for k, v in features.items() if v["dtype"] == "video"]
+        all_cameras = [camera_name(k) for k, v in features.items() if v["dtype"] in CAMERA_DTYPES]
         self.cameras = list(all_cameras) if cameras is None else [self._camera(c, all_cameras) for c in cameras]
-        self.camera_keys = [k for k, v in features.items() if v["dtype"] == "video" and camera_name(k) in self.cameras]
+        self.camera_keys = [k for k, v in features.items()
+                            if v["dtype"] in CAMERA_DTYPES and camera_name(k) in self.cameras]
+        self.video_keys = [k for k in self.camera_keys if features[k]["dtype"] == "video"]
         self.extra_keys = [k for k, v in features.items() if k not in DEFAULT_FEATURES and k not in (STATE, ACTION)
                            and v["dtype"] not in ("video", "image", "string")]
         self.tasks = read_tasks(self.root, self.version)
@@ -193,7 +174,7 @@ class LeRobotDataset(Dataset):
                 fmt = {"episode_chunk": e // chunks, "episode_index": e}
                 records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt),
                                 "videos": {k: (self.root / self.meta["video_path"].format(video_key=k, **fmt), 0.0,
-                                               None) for k in self.camera_keys}})
+                                               None) for k in self.video_keys}})
             return records
         files = sorted((self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
         if not files:
@@ -202,7 +183,7 @@ class LeRobotDataset(Dataset):
         for path in files:
             names = read_parquet_columns(path)
             needed = ["episode_index", "length", "data/chunk_index", "data/file_index"] + [
-                f"videos/{k}/{c}" for k in self.camera_keys
+                f"videos/{k}/{c}" for k in self.video_keys
                 for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
             missing = [n for n in needed if n not in names]
             if missing:
@@ -213,7 +194,7 @@ class LeRobotDataset(Dataset):
                 videos = {k: (self.root / self.meta["video_path"].format(
                     video_key=k, chunk_index=row[f"videos/{k}/chunk_index"], file_index=row[f"videos/{k}/file_index"]),
                     float(row[f"videos/{k}/from_timestamp"]), float(row[f"videos/{k}/to_timestamp"]))
-                    for k in self.camera_keys}
+                    for k in self.video_keys}
                 records.append({**row, "data_file": self.root / self.meta["data_path"].format(**fmt), "videos": videos})
         return records
 
@@ -280,8 +261,8 @@ class LeRobotDataset(Dataset):
         columns: Dict[str, np.ndarray] = {}
         for name in (STATE, ACTION, *self.extra_keys):
             if name in self.features:
-                values = _column_values(part.column(name), self.features[name]["shape"], name).astype(np.float32)
-                columns[name] = values
+                values = column_values(part.column(name), self.features[name]["shape"], name).astype(np.float32)
+                columns[name] = values.reshape(length, -1) if name in (STATE, ACTION) else values
             else:
                 columns[name] = np.zeros((length, 0), dtype=np.float32)
         task_index = part.column("task_index").to_numpy().astype(np.int64)
@@ -291,7 +272,9 @@ class LeRobotDataset(Dataset):
         columns["task_index"] = task_index
         timestamps = part.column("timestamp").to_numpy().astype(np.float64)
         videos: Dict[str, Tuple[Path, np.ndarray]] = {}
-        for key in self.camera_keys:
+        images = {key: check_image_column(part.column(key), key)
+                  for key in self.camera_keys if key not in self.video_keys}
+        for key in self.video_keys:
             video, from_timestamp, to_timestamp = record["videos"][key]
             if not video.is_file():
                 raise EpisodeError(f"its video {video} does not exist")
@@ -305,7 +288,7 @@ class LeRobotDataset(Dataset):
                                    f"but the episode's {length} steps need frames up to {int(frames.max())}")
             videos[key] = (video, frames)
         tasks = record.get("tasks") or [self.tasks[int(task_index[0])]]
-        episode = _Episode(episode_index=e, length=length, start=start, tasks=list(tasks), videos=videos,
+        episode = _Episode(episode_index=e, length=length, start=start, tasks=list(tasks), videos=videos, images=images,
                            success=bool(record.get("success", True)),
                            source=str(record.get("source") or f"{self.root} episode {e}"))
         return columns, episode
@@ -339,17 +322,22 @@ class LeRobotDataset(Dataset):
 
         :class:`EpisodeError` naming the video file when a frame cannot be decoded."""
         ep = self._episodes[position]
-        video, frame_of_step = ep.videos[camera_key]
         if not self.cache_frames:
-            return self._decode(video, frame_of_step[np.asarray(steps)])
+            return self._decode(ep, camera_key, np.asarray(steps))
         key = (position, camera_key)
         if key not in self._frame_cache:
-            self._frame_cache[key] = self._decode(video, frame_of_step)
+            self._frame_cache[key] = self._decode(ep, camera_key, np.arange(ep.length))
         return self._frame_cache[key][np.asarray(steps)]
 
-    def _decode(self, video: Path, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, ep: _Episode, camera_key: str, steps: np.ndarray) -> np.ndarray:
+        if camera_key in ep.images:  # PNG frames stored in the data parquet
+            try:
+                return decode_image_cells(ep.images[camera_key], steps, self.root, camera_key)
+            except ValueError as exc:
+                raise EpisodeError(f"{self.root}: episode {ep.episode_index}: {exc}") from None
+        video, frame_of_step = ep.videos[camera_key]
         try:
-            return self._readers.get(video, self.fps).read(indices)
+            return self._readers.get(video, self.fps).read(frame_of_step[steps])
         except VideoError as exc:
             raise EpisodeError(str(exc)) from exc
 

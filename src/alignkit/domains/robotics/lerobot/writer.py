@@ -29,14 +29,9 @@ from alignkit.domains.robotics.lerobot.layout import (ACTION, CODEBASE_VERSION, 
                                                       DEFAULT_VIDEO_FILE_SIZE_IN_MB, EPISODES_PATH, IMAGES_PREFIX,
                                                       INFO_PATH, STATE, STATS_PATH, TASKS_PATH, VIDEO_PATH, PathLike,
                                                       next_file, would_overflow, write_tasks)
-from alignkit.domains.robotics.lerobot.stats import Stats, aggregate_stats, feature_stats, stats_to_json
-
-
-def _vector_column(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
-    """``(N,)`` -> a scalar column, ``(N, D)`` -> a fixed-size list column of ``D`` values per row."""
-    if values.ndim == 1:
-        return pa.array(values, type=dtype)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=dtype), values.shape[1])
+from alignkit.domains.robotics.lerobot.columns import huggingface_schema_metadata, to_column
+from alignkit.domains.robotics.lerobot.stats import (Stats, aggregate_stats, feature_stats, stats_columns,
+                                                     stats_to_json)
 
 
 class LeRobotWriter:
@@ -46,7 +41,10 @@ class LeRobotWriter:
     ``{"observation.state": {"names": ["x", "y", "z", ...]}}`` (a ``dtype``/``shape`` given there must
     match the episodes). Features: ``observation.images.<camera>`` (video, ``[H, W, 3]``),
     ``observation.state`` and ``action`` (float32 ``[S]``/``[A]``), one float32 feature per episode
-    extra, and lerobot's ``timestamp``/``frame_index``/``episode_index``/``index``/``task_index``.
+    extra, and lerobot's ``timestamp``/``frame_index``/``episode_index``/``index``/``task_index``; their
+    parquet columns have the types lerobot's loader casts to (:mod:`~alignkit.domains.robotics.lerobot.columns`:
+    a shape-``[1]`` feature is a scalar column) and the statistics carry lerobot's quantiles
+    (:mod:`~alignkit.domains.robotics.lerobot.stats`).
     Every episode must have the cameras and shapes of the first. ``codec``/``crf``/``gop``: see the
     module docstring. Data and video files roll over to the next file when they would pass
     ``data_file_size_mb`` / ``video_file_size_mb``. Use as a context manager, or call :meth:`finalize`
@@ -170,7 +168,7 @@ class LeRobotWriter:
             row.update(self._write_video(IMAGES_PREFIX + cam, ep.images[cam]))
         stats = {name: feature_stats(values) for name, values in columns.items()}
         stats.update({IMAGES_PREFIX + cam: feature_stats(ep.images[cam], image=True) for cam in ep.cameras})
-        row.update({f"stats/{name}/{k}": v.tolist() for name, s in stats.items() for k, v in s.items()})
+        row.update(stats_columns(stats, list(self.features)))
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
                     "success": bool(ep.success), "source": ep.source})
         self._episodes.append(row)
@@ -182,8 +180,8 @@ class LeRobotWriter:
         assert self.features is not None
         length = len(columns["index"])
         names = [k for k in self.features if self.features[k]["dtype"] != "video"]
-        table = pa.table({k: _vector_column(np.asarray(columns[k]), pa.from_numpy_dtype(columns[k].dtype))
-                          for k in names})
+        table = pa.table({k: to_column(np.asarray(columns[k], dtype=self.features[k]["dtype"]), self.features[k])
+                          for k in names}).replace_schema_metadata(huggingface_schema_metadata(self.features))
         path = self.root / DATA_PATH.format(chunk_index=self._data_file[0], file_index=self._data_file[1])
         if self._data_writer is not None and would_overflow(path.stat().st_size, self._data_frames, length,
                                                             self.data_file_size_mb):

@@ -82,7 +82,8 @@ class GR1Module(PolicyModule):
     """GR-1 on ``LeRobotDataset`` windows (see the module docstring).
 
     Args:
-        cameras: the ``<camera>`` names of ``observation.images.<camera>`` the policy reads.
+        cameras: the cameras the policy reads: ``<camera>`` of ``observation.images.<camera>``, or a full feature
+            key such as ``observation.image`` (see :func:`~alignkit.domains.robotics.models.inputs.camera_frames`).
         image_encoder: ``ENCODERS`` spec or module with ``forward_tokens`` (default: a tiny Voltron ViT; pass
             ``{"name": "voltron-pretrained", "params": {"path": ...}}`` for a pretrained export).
         freeze_image_encoder: keep it frozen (GR-1) or fine-tune it.

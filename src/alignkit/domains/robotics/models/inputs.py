@@ -4,7 +4,7 @@ the models share (:data:`Size`, :data:`Dropout`, :data:`LossWeight`, checked whe
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
@@ -13,6 +13,7 @@ from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, Range
 from alignkit.core.registry import ConfigError
 
 IMAGE_KEY_PREFIX = "observation.images."
+IMAGE_KEY_STEM = "observation.image"  # also the whole key of single-camera datasets (PushT)
 TextSpec = Union[str, Mapping[str, Any]]
 """A core text encoder: an ``ENCODERS`` name or ``{"name", "params"}``."""
 Size = Annotated[int, AT_LEAST_ONE]
@@ -37,13 +38,33 @@ def frozen_text_tower(spec: TextSpec) -> nn.Module:
     return freeze(build_encoder(spec, where="text_encoder", cache=True))
 
 
+def camera_key(batch: Mapping[str, Any], camera: str) -> Optional[str]:
+    """The batch key of ``camera``: the name itself when the batch has it (a full feature key such as
+    ``"observation.image"`` or ``"observation.images.top"``), else ``"observation.images.<camera>"``; None when
+    the batch has neither."""
+    for key in (camera, IMAGE_KEY_PREFIX + camera):
+        if key in batch:
+            return key
+    return None
+
+
+def batch_cameras(batch: Mapping[str, Any]) -> List[str]:
+    """The cameras of a dataset batch by name: ``<camera>`` for each ``observation.images.<camera>`` key and the
+    full key of every other ``observation.image*`` key (PushT's ``observation.image``)."""
+    return sorted(k[len(IMAGE_KEY_PREFIX):] if k.startswith(IMAGE_KEY_PREFIX) else k
+                  for k in batch if k.startswith(IMAGE_KEY_STEM))
+
+
 def camera_frames(batch: Mapping[str, Any], cameras: Optional[Sequence[str]]) -> Dict[str, Tensor]:
-    """``{camera: (B, T, C, H, W)}`` from the ``observation.images.<camera>`` keys of a dataset batch (all of
-    them when ``cameras`` is None); a missing camera raises naming the keys present."""
-    present = sorted(k[len(IMAGE_KEY_PREFIX):] for k in batch if k.startswith(IMAGE_KEY_PREFIX))
-    wanted = list(cameras) if cameras else present
-    missing = [c for c in wanted if c not in present]
+    """``{camera: (B, T, C, H, W)}`` of a dataset batch, keyed by the names in ``cameras`` (all of
+    :func:`batch_cameras` when None). A camera is found by its full feature key (``"observation.image"``,
+    ``"observation.images.top"``) or by ``<camera>`` of ``observation.images.<camera>``; a missing camera
+    raises naming the cameras present."""
+    wanted = list(cameras) if cameras else batch_cameras(batch)
+    keys = {c: camera_key(batch, c) for c in wanted}
+    missing = [c for c, k in keys.items() if k is None]
     if missing or not wanted:
-        raise KeyError(f"batch lacks image keys {[IMAGE_KEY_PREFIX + c for c in missing] or '(any)'}; it has "
-                       f"cameras {present}: set cameras to some of these")
-    return {c: batch[IMAGE_KEY_PREFIX + c] for c in wanted}
+        raise KeyError(f"batch lacks cameras {missing or '(any)'} (looked for the keys themselves and "
+                       f"{[IMAGE_KEY_PREFIX + c for c in missing]}); it has cameras {batch_cameras(batch)}: set "
+                       "cameras to some of these")
+    return {c: batch[k] for c, k in keys.items()}
