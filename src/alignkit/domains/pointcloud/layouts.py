@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from alignkit.core.paired import MISSING_VALUES
+from alignkit.core.paths import data_path as core_data_path
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.core.text import read_csv, read_text
 from alignkit.domains.pointcloud.clouds import (UP_AXES, PointCloud, PointFileError, check_file, check_points,
@@ -103,15 +104,8 @@ class PointLayoutReader:
 
 
 def data_path(value: PathLike, root: PathLike, param: str) -> Path:
-    """A path parameter of a dataset: ``value`` as given when absolute, else ``root/value`` (relative paths
-    are resolved against the dataset's root, not the current folder); a missing file raises
-    :class:`ConfigError` naming the parameter, the value given and the path looked at."""
-    given = Path(value).expanduser()
-    path = given if given.is_absolute() else Path(root) / given
-    if not path.exists():
-        where = "" if given.is_absolute() else f" (relative paths are resolved against root {root})"
-        raise ConfigError(f"{param} '{value}' not found: looked for {path}{where}")
-    return path
+    """:func:`alignkit.core.paths.data_path` with a missing file a :class:`ConfigError` (a dataset parameter)."""
+    return core_data_path(value, root, param, error=ConfigError)
 
 
 def _existing_dir(root: PathLike, what: str) -> Path:

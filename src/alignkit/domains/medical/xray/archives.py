@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from alignkit.core.paths import data_path
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.core.text import read_text
 from alignkit.domains.medical.reports import EmptyReportError
@@ -31,21 +32,6 @@ def _clean_id(value: str) -> str:
     """An id cell as text: stripped, ``"10000032.0"`` (a float written by pandas) -> ``"10000032"``."""
     text = value.strip()
     return text[:-2] if re.fullmatch(r"\d+\.0", text) else text
-
-
-def data_path(value: PathLike, root: Optional[PathLike], param: str, must_exist: bool = True) -> Path:
-    """A path parameter of an archive: ``value`` as given when absolute (or when there is no ``root``), else
-    ``root/value`` (relative paths are resolved against the archive's root, not the current folder).
-
-    ``must_exist``: a missing file or folder raises :class:`FileNotFoundError` naming the parameter, the value
-    given and the path looked at.
-    """
-    given = Path(value).expanduser()
-    path = given if given.is_absolute() or root is None else Path(root).expanduser() / given
-    if must_exist and not path.exists():
-        where = "" if given.is_absolute() or root is None else f" (relative paths are resolved against root {root})"
-        raise FileNotFoundError(f"{param} '{value}' not found: looked for {path}{where}")
-    return path
 
 
 def _table_file(root: Path, name: str) -> Path:
