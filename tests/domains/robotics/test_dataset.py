@@ -299,7 +299,7 @@ def test_dataloader_workers_give_the_same_items(lossless):
     ds = LeRobotDataset(lossless, window=3)
     direct = collate_samples([ds[i] for i in range(8)])  # opens decoders in this process first
     loader = DataLoader(torch.utils.data.Subset(ds, range(8)), batch_size=4, num_workers=2,
-                        collate_fn=collate_samples, timeout=240)  # a hung worker fails (CI ran 2 cores 3x oversubscribed)
+                        collate_fn=collate_samples, timeout=240)  # a hung worker fails; slow under load
     batches = list(loader)
     for key in ("observation.images.top", "observation.state", "pad_mask"):
         assert torch.equal(torch.cat([b[key] for b in batches]), direct[key])
