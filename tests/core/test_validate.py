@@ -71,3 +71,25 @@ def test_grey_level_flags(values: torch.Tensor, flag: str) -> None:
     stats = image_stats("x", "image", values, saturated_fraction=0.25, dark_fraction=0.9)
     assert any(f.startswith(flag) for f in stats.flags), stats.flags
     assert not image_stats("x", "image", torch.rand(3, 16, 16), 0.25, 0.9).flags
+
+
+@pytest.mark.parametrize("shape, frames", [((3, 16, 16), (1, 3, 16, 16)), ((1, 16, 16), (1, 1, 16, 16)),
+                                           ((5, 3, 16, 16), (5, 3, 16, 16)),   # (T, C, H, W)
+                                           ((3, 4, 16, 16), (4, 3, 16, 16)),   # (C, T, H, W), MONAI / echo clips
+                                           ((2, 3, 4, 16, 16), (8, 3, 16, 16)),  # (V, C, T, H, W) studies
+                                           ((1024, 3), None), ((4, 5, 16, 16), None), ((3, 4, 4), None)])
+def test_images_and_videos_are_found_in_every_layout(shape: tuple, frames: tuple) -> None:
+    from alignkit.core.validate import as_frames
+    out = as_frames(torch.rand(shape))
+    assert (out is None and frames is None) or tuple(out.shape) == frames
+    assert as_frames(torch.zeros(shape, dtype=torch.long)) is None  # token ids, labels
+
+
+def test_echo_clips_are_checked_frame_by_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo
+    root = write_synthetic_echo(tmp_path / "echo", 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))
+    code = main(["validate", "-c", "medical/echo_demo", f"data.params.root={root}", "data.params.image_size=32",
+                 "data.params.num_frames=4", "--out", str(tmp_path / "out"), "--workers", "0"])
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert code == 0 and all(s["images"] == s["decoded"] > 0 for s in report["splits"]), report
+    assert (tmp_path / "out" / "contact_train.png").is_file()

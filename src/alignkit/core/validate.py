@@ -6,8 +6,8 @@ workers, catching each item's error instead of stopping at the first. It reports
 
 - per split: items listed, items decoded, items that failed (with the reader's error, which names the file),
   items skipped at indexing under ``skip_bad`` (the dataset's ``skipped`` list, with their reasons);
-- grey-level statistics of every decoded image or video (fields shaped ``(C, H, W)`` or ``(T, C, H, W)`` with
-  ``C`` in 1, 3): an item is *constant* when its values span less than ``1e-6`` (a black or flat image: almost
+- grey-level statistics of every decoded image or video (fields shaped ``(C, H, W)``, ``(T, C, H, W)`` or
+  ``(C, T, H, W)`` with ``C`` in 1, 3; see :func:`as_frames`): an item is *constant* when its values span less than ``1e-6`` (a black or flat image: almost
   always a decoding fault), *saturated* when at least ``saturated_fraction`` of its pixels sit at its maximum
   or *dark* when at least ``dark_fraction`` sit at its minimum (clipping, an inverted or unwindowed DICOM);
 - a contact sheet (PNG) of decoded samples per split, each scaled to its own range, and a JSON report.
@@ -77,17 +77,30 @@ class ValidationReport:
                 "splits": [{**asdict(s), "errors": s.errors} for s in self.splits]}
 
 
+def as_frames(value: torch.Tensor) -> Optional[torch.Tensor]:
+    """An image or video tensor as frames ``(N, C, H, W)`` (``C`` in 1, 3; ``H, W >= 8``), or None when it is not
+    one: ``(C, H, W)``; videos ``(T, C, H, W)`` or ``(C, T, H, W)`` (MONAI's layout, the echo clips); a stack of
+    videos ``(V, C, T, H, W)`` / ``(V, T, C, H, W)``. Point clouds ``(N, 3)``, token ids and labels are not."""
+    if not value.is_floating_point() or value.ndim not in (3, 4, 5) or min(value.shape[-2:]) < 8:
+        return None
+    if value.ndim == 3:
+        return value[None] if value.shape[0] in (1, 3) else None
+    if value.ndim == 5:
+        value = value.flatten(0, 1) if value.shape[2] in (1, 3) else value.transpose(1, 2).flatten(0, 1)
+        return value if value.shape[1] in (1, 3) else None
+    if value.shape[1] in (1, 3):
+        return value
+    return value.transpose(0, 1) if value.shape[0] in (1, 3) else None
+
+
 def image_fields(sample: Mapping[str, Any]) -> Iterator[Tuple[str, torch.Tensor]]:
-    """The image-like fields of a decoded sample: float tensors ``(C, H, W)`` or ``(T, C, H, W)``, ``C`` in 1, 3,
-    ``H, W >= 8`` (point clouds ``(N, 3)``, token ids and labels are not images)."""
+    """The image-like fields of a decoded sample as frames ``(N, C, H, W)`` (see :func:`as_frames`)."""
     for key, value in sample.items():
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(value)
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim not in (3, 4):
-            continue
-        channels, height, width = value.shape[-3:]
-        if channels in (1, 3) and height >= 8 and width >= 8:
-            yield key, value
+        frames = as_frames(value) if isinstance(value, torch.Tensor) else None
+        if frames is not None:
+            yield key, frames
 
 
 def image_stats(item: str, key: str, value: torch.Tensor, saturated_fraction: float,
@@ -111,11 +124,10 @@ def image_stats(item: str, key: str, value: torch.Tensor, saturated_fraction: fl
     return stats
 
 
-def thumbnail(value: torch.Tensor) -> np.ndarray:
-    """A ``(THUMB, THUMB, 3)`` uint8 view of an image (a video: its middle frame), scaled to its own range."""
-    v = value.detach().float()
-    if v.ndim == 4:
-        v = v[v.shape[0] // 2]
+def thumbnail(frames: torch.Tensor) -> np.ndarray:
+    """A ``(THUMB, THUMB, 3)`` uint8 view of frames ``(N, C, H, W)`` (the middle one), scaled to its own range."""
+    v = frames.detach().float()
+    v = v[v.shape[0] // 2]
     v = torch.nn.functional.interpolate(v[None], size=(THUMB, THUMB), mode="area")[0]
     lo, hi = float(v.min()), float(v.max())
     v = (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
@@ -249,5 +261,5 @@ def format_report(report: ValidationReport, limit: int = 50) -> List[str]:
     return lines
 
 
-__all__ = ["ImageStats", "SplitReport", "ValidationReport", "image_fields", "image_stats", "check_split",
+__all__ = ["ImageStats", "SplitReport", "ValidationReport", "as_frames", "image_fields", "image_stats", "check_split",
            "validate_dataset", "format_report", "write_contact_sheet"]
