@@ -20,8 +20,7 @@ CUTS = (0.1, 0.4, 0.7, 0.95, 0.995)
 
 
 def truncated(source: Path, fraction: float) -> bytes:
-    if not source.is_file():
-        pytest.skip(f"sample data not found: {source}")
+    assert source.is_file(), f"sample data missing: {source} (see ../shared/data/README)"
     data = source.read_bytes()
     return data[:int(len(data) * fraction)]
 

@@ -59,8 +59,7 @@ def test_latin1_is_not_guessed_but_named_with_the_byte_offset(tmp_path: Path) ->
                                     "pointcloud/meshes/featuretype.STL"])
 def test_real_binary_files_are_not_reports(tmp_path: Path, sample: str) -> None:
     source = SHARED / sample
-    if not source.is_file():
-        pytest.skip(f"sample data not found: {source}")
+    assert source.is_file(), f"sample data missing: {source} (see ../shared/data/README)"
     path = tmp_path / "report.txt"
     path.write_bytes(source.read_bytes())
     with pytest.raises(TextDecodeError, match=rf"report {path} is (binary|not UTF-8 text).* byte \d+") as err:

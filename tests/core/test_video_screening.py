@@ -51,8 +51,7 @@ def test_a_report_with_an_ansi_escape_is_not_a_video(tmp_path: Path) -> None:
 
 
 def test_a_real_readme_is_not_a_video() -> None:
-    if not README.is_file():
-        pytest.skip(f"sample data not found: {README}")
+    assert README.is_file(), f"sample data missing: {README} (see ../shared/data/README)"
     for read in readers(README):
         with pytest.raises(VideoError, match=rf"{README}.*not a video \(accepted containers"):
             read()
@@ -60,8 +59,7 @@ def test_a_real_readme_is_not_a_video() -> None:
 
 @pytest.mark.parametrize("still", STILLS, ids=lambda p: p.suffix)
 def test_a_still_image_is_not_a_one_frame_video(still: Path) -> None:
-    if not still.is_file():
-        pytest.skip(f"sample data not found: {still}")
+    assert still.is_file(), f"sample data missing: {still} (see ../shared/data/README)"
     with pytest.raises(VideoError, match=rf"{still} is not a video: FFmpeg reads it with its '(png_pipe|image2)'"):
         read_frames(still)
     with pytest.raises(VideoError, match="is not a video"):
@@ -85,8 +83,8 @@ def test_an_audio_file_with_a_cover_picture_is_not_a_video(tmp_path: Path) -> No
             out.mux(packet)
     with av.open(str(path)) as container:
         video = container.streams.video
-        if not video or not video[0].disposition & av.stream.Disposition.attached_pic:
-            pytest.skip("this FFmpeg does not keep the cover-picture disposition")
+        assert video and video[0].disposition & av.stream.Disposition.attached_pic, \
+            "the test file lost its cover-picture disposition: the case is not built"
     with pytest.raises(VideoError, match=r"song\.m4a: its first video stream is an attached cover picture"):
         read_frames(path)
 

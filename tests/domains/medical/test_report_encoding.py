@@ -33,8 +33,7 @@ def write_csv(path: Path, header: Sequence[str], rows: List[list], encoding: str
 def cxr_folder(tmp_path: Path) -> Path:
     """The two real NIH PNGs with reports: a.txt UTF-16 (BOM), b.txt UTF-8 with a BOM."""
     for name in NIH_PNGS:
-        if not (CXR / name).is_file():
-            pytest.skip(f"sample data not found: {CXR / name}")
+        assert (CXR / name).is_file(), f"sample data missing: {CXR / name} (see ../shared/data/README)"
         shutil.copy(CXR / name, tmp_path / name)
     (tmp_path / "a.txt").write_bytes(REPORT.encode("utf-16"))
     (tmp_path / "b.txt").write_bytes(codecs.BOM_UTF8 + REPORT.encode("utf-8"))
