@@ -1,7 +1,8 @@
 """The ``alignkit`` command. It parses arguments, then calls into the core and the domains.
 
     alignkit train  -c CONFIG [key=value ...] [--resume [latest|CKPT]]
-    alignkit eval   -c CONFIG --ckpt PATH [key=value ...] [--out DIR]
+    alignkit eval   -c CONFIG (--ckpt PATH | --model DIR) [key=value ...] [--out DIR]
+    alignkit import-weights FORMAT SRC --out DIR [--allow-partial] [option=value ...]
     alignkit demo   NAME [--out DIR] [--fast]
     alignkit configs
     alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N] [key=value ...]
@@ -74,9 +75,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from alignkit.core.runner import evaluate
-    result = evaluate(_load(args), args.ckpt, Path(args.out) if args.out else None)
+    result = evaluate(_load(args), args.ckpt, Path(args.out) if args.out else None, model_dir=args.model)
     _print_metrics(result["metrics"])
     print(f"metrics written to {result['run_dir'] / 'metrics.json'}")
+    return 0
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    """``key=value`` items as a dict, each value read as YAML (``true``, ``224``, ``[1, 2]``, paths as strings)."""
+    import yaml
+    options = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value) if value else ""
+    return options
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from alignkit.core.importing import import_weights, read_import_report
+    out = import_weights(args.format, Path(args.src), Path(args.out), allow_partial=args.allow_partial,
+                         **parse_options(args.overrides))
+    report = read_import_report(out)
+    towers = ", ".join(f"{name} ({', '.join(f'{k}={v}' for k, v in pre.items() if not isinstance(v, dict))})"
+                       for name, pre in report["preprocessing"].items())
+    print(f"imported {args.format} {args.src} into {out}: towers {towers}; joint space {report['embed_dim']}-d")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if report["left"]:
+        print(f"left out ({len(report['left'])} keys, --allow-partial): {', '.join(report['left'][:20])}"
+              + (" ..." if len(report["left"]) > 20 else ""))
+    print(f"load it with alignkit.load('{out}'); start a config's tower from it with "
+          f"encoder: imported, params: {{path: {out}/towers/<modality>}}; evaluate it with "
+          f"alignkit eval -c CONFIG --model {out}")
     return 0
 
 
@@ -186,9 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run: from its last checkpoint (latest, the default) or from CKPT")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("eval", help="evaluate a checkpoint with the config's evaluators")
+    sp = sub.add_parser("eval", help="evaluate a checkpoint, or an exported or imported model folder, with the "
+                        "config's data and evaluators")
     with_config(sp)
-    sp.add_argument("--ckpt", required=True)
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", help="a run's checkpoint (the config's model)")
+    which.add_argument("--model", help="a model folder (alignkit export / alignkit import-weights), evaluated "
+                       "without training with its recorded preprocessing")
     sp.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval)")
     sp.set_defaults(func=cmd_eval)
 
@@ -219,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--ckpt", help="checkpoint (default RUN/checkpoints/last.ckpt)")
     sp.set_defaults(func=cmd_export)
+
+    from alignkit.core.registry import IMPORTERS
+    sp = sub.add_parser("import-weights", help="map a released checkpoint (open_clip, Hugging Face, torchvision, "
+                        "ULIP, Voltron) onto alignkit towers and write a model folder")
+    sp.add_argument("format", help=f"one of: {', '.join(IMPORTERS.names())}")
+    sp.add_argument("src", help="the checkpoint file or folder, as its authors publish it")
+    sp.add_argument("--out", required=True, help="the model folder to write")
+    sp.add_argument("--allow-partial", action="store_true",
+                    help="load what fits and list what was left, instead of refusing a checkpoint that does not fit")
+    sp.set_defaults(func=cmd_import_weights, takes_overrides=True)
 
     sp = sub.add_parser("validate", help="read every item of every split through the configured readers and "
                         "report failed, skipped and flat or saturated items (exit 1 on errors)")

@@ -186,10 +186,12 @@ class AlignedModel:
                                     f"(create one with `alignkit export RUN --out DIR`)")
         meta = read_json(cfg_file)
         model_cfg = meta["model"]
-        for spec in model_cfg["towers"].values():
+        assets = meta.get("asset_params") or {}  # imported towers: files copied into the folder
+        for tower, spec in model_cfg["towers"].items():
             params = spec.get("params", {})
-            if isinstance(params.get("tokenizer_path"), str):
-                params["tokenizer_path"] = str(path / params["tokenizer_path"])
+            for key in {"tokenizer_path", *assets.get(tower, [])}:
+                if isinstance(params.get(key), str):
+                    params[key] = str(path / params[key])
         name, params = meta.get("model_class", "alignment"), meta.get("model_params", {})
         module = MODELS.get(name)(model=model_cfg, optim={}, **params)
         state = load_safetensors(path / "model.safetensors", device=map_location)

@@ -149,6 +149,9 @@ EVALUATORS = Registry("evaluator")
 DEMOS = Registry("demo")
 BENCHES = Registry("bench")
 AUGMENTATIONS = Registry("augmentation")
+IMPORTERS = Registry("importer")
+"""Released-checkpoint formats: ``name -> fn(src, *, allow_partial=False, **options) -> ImportedModel``
+(see :mod:`alignkit.core.importing`)."""
 COMMANDS = Registry("command")
 """Domain subcommands of the ``alignkit`` CLI: ``name -> add_parser(subparsers)``, which adds the subparser
 ``name`` and sets its ``func`` (``args -> exit code``); see :func:`alignkit.cli.build_parser`."""

@@ -11,13 +11,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignkit.core.checkpoints import check_torch_checkpoint, load_torch_checkpoint
 from alignkit.core.config import ConfigError, save_config, to_plain
@@ -203,11 +203,44 @@ def load_checkpoint(cfg: DictConfig, ckpt: str | Path) -> L.LightningModule:
     return model.eval()
 
 
-def evaluate(cfg: DictConfig, ckpt: str | Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Evaluate a checkpoint with the config's evaluators; writes ``metrics.json`` and plots to ``out_dir``."""
+PREPROCESS_KEYS = ("image_size", "channels", "mean", "std")
+"""Data params a model folder's recorded preprocessing overrides when it is evaluated (``--model``)."""
+
+
+def model_preprocess_overrides(cfg: DictConfig, preprocess: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """Set the config's data params named in :data:`PREPROCESS_KEYS` to the model folder's recorded
+    preprocessing (an imported model is evaluated as its anchor preprocesses); returns ``{key: (old, new)}`` of
+    what changed."""
+    changed: Dict[str, Tuple[Any, Any]] = {}
+    params = cfg.data.get("params")
+    if params is None:
+        return changed
+    for key in PREPROCESS_KEYS:
+        value = params.get(key)
+        old = to_plain(value) if OmegaConf.is_config(value) else value
+        if key in preprocess and key in params and old != preprocess[key]:
+            changed[key] = (old, preprocess[key])
+            params[key] = preprocess[key]
+    return changed
+
+
+def evaluate(cfg: DictConfig, ckpt: Union[None, str, Path] = None, out_dir: Optional[Path] = None,
+             model_dir: Union[None, str, Path] = None) -> Dict[str, Any]:
+    """Evaluate with the config's evaluators and data: a run's checkpoint ``ckpt`` (the config's model), or a model
+    folder ``model_dir`` (``alignkit export`` or ``alignkit import-weights``: evaluated without training, its
+    recorded preprocessing applied to the data). Writes ``metrics.json`` and plots to ``out_dir``."""
+    from alignkit.core.api import AlignedModel
     quiet_start()
-    model = load_checkpoint(cfg, ckpt)
-    out = Path(out_dir) if out_dir else Path(ckpt).resolve().parent.parent / "eval"
+    if (ckpt is None) == (model_dir is None):
+        raise ConfigError("evaluate: give a checkpoint (--ckpt) or a model folder (--model), not both or neither")
+    if model_dir is not None:
+        model: Any = AlignedModel.load(model_dir)
+        for key, (old, new) in model_preprocess_overrides(cfg, model.preprocess).items():
+            print(f"data.params.{key}: {old} -> {new} (the model folder's preprocessing)")
+        out = Path(out_dir) if out_dir else Path(model_dir).resolve() / "eval"
+    else:
+        model = load_checkpoint(cfg, ckpt)
+        out = Path(out_dir) if out_dir else Path(ckpt).resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     datamodule = build_datamodule(cfg)
