@@ -4,20 +4,25 @@ Writes (or reuses) a synthetic EchoNet-Dynamic folder (FFV1 AVIs), then measures
 second of ``num_frames`` frames ``stride`` apart at ``image_size`` pixels:
 
 - PyAV: the ``echonet`` dataset's decoder (seek to the clip, decode its range, convert the wanted frames, MONAI
-  crop/resize/normalise), in-process and through a DataLoader with 1 and 2 workers; and PyAV decoding alone;
+  crop/resize/normalise), in-process and through a DataLoader with 1 and 2 workers; and PyAV decoding alone,
+  of the clip's frames (what the reader does: ``load_echo(select=SampleClip.indices)``) against the whole
+  file (``select=None``, then picking the clip);
 - OpenCV (``cv2.VideoCapture``: seek with ``CAP_PROP_POS_FRAMES``, read the range, the same MONAI transforms);
   skipped with a message when ``cv2`` is not installed (``pip install opencv-python-headless``);
 - the real 480 x 640 JPEG DICOM cine of ../shared/data/medical/echo (pydicom decodes only the clip's frames,
-  then the sector mask), when present;
+  then the sector mask; and, for comparison, every frame), when present;
 - consumption: a training step (forward + backward + AdamW) of a small (2+1)D CNN (about 42k parameters:
   per block a 1x3x3 spatial and a 3x1x1 temporal convolution; the features pooled by their mean and standard
   deviation over time, as the prototype found essential for EF) on batches already in memory.
 
-Decoding keeps up when its rate is above the step's ("headroom" > 1). One thread per process throughout. The
+Decoding keeps up when its rate is above the step's ("headroom" > 1). "cores for GPU" is ``--gpu-rate`` (clips/s
+one GPU training step consumes; default 1,000: an R(2+1)D-18-sized video encoder on 16 x 112 x 112 clips on one
+H100 in bf16, an estimate, not measured here) divided by clips per CPU-second. One thread per process throughout. The
 machine may be shared, so in-process rows also give clips per CPU-second of this process (all its threads;
 ``time.process_time``), which other processes do not disturb; headroom compares those when both have them.
 
     python benchmarks/echo_decode.py [--studies 60] [--image-size 64] [--frames 32] [--num-frames 16] [--stride 2]
+                                     [--gpu-rate 1000]
 """
 from __future__ import annotations
 
@@ -133,6 +138,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--root", type=Path, help="an existing EchoNet-Dynamic folder (default: a synthetic one)")
+    parser.add_argument("--gpu-rate", type=float, default=1000.0,
+                        help="clips/s a GPU training step consumes (default 1000: R(2+1)D-18-sized, one H100, "
+                             "an estimate)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory()
@@ -156,7 +164,13 @@ def main() -> None:
         dataset[k % len(dataset)]
         return 1
 
+    def decode_whole(k: int) -> int:
+        video = load_echo(paths[k % len(paths)])
+        video.frames[sampler.indices(len(video.frames))]
+        return 1
+
     rows.append(("PyAV decode only (load_echo, clip frames)", rate(decode_only), None))
+    rows.append(("PyAV decode only, whole file then pick the clip", rate(decode_whole), "what the reader avoids"))
     rows.append(("PyAV + MONAI transforms (dataset, in-process)", rate(decode_and_transform), None))
     for workers in (1, 2):
         rows.append((f"PyAV + transforms, DataLoader {workers} worker{'s' if workers > 1 else ''}",
@@ -184,21 +198,30 @@ def main() -> None:
             return 1
 
         rows.append(("real JPEG DICOM cine 480x640 (pydicom, sector mask)", rate(cine, seconds=6.0), None))
+
+        def cine_whole(k: int) -> int:
+            load_echo(data, name="cine", dicom=True)
+            return 1
+
+        rows.append(("real JPEG DICOM cine, every frame decoded (load_echo, no select)", rate(cine_whole, seconds=6.0),
+                     "what the reader avoids"))
     consumption, params = step_rate(args.num_frames, args.image_size, args.batch_size, args.batches)
 
     table = Table(title=f"Echo clips/s: {args.num_frames} frames (stride {args.stride}) at {args.image_size} px, "
                         f"FFV1 AVIs of {args.frames} frames")
-    for column in ("source", "clips/s", "clips/CPU-s", "headroom vs step", "note"):
+    for column in ("source", "clips/s", "clips/CPU-s", "headroom vs step", f"cores for {args.gpu_rate:.0f} clips/s",
+                   "note"):
         table.add_column(column)
 
     def shown(value: float) -> str:
-        return "-" if np.isnan(value) else f"{value:.0f}"
+        return "-" if np.isnan(value) else f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
     for name, (wall, cpu), note in rows:
         headroom = cpu / consumption[1] if not np.isnan(cpu) else wall / consumption[0]
-        table.add_row(name, shown(wall), shown(cpu), "-" if np.isnan(headroom) else f"{headroom:.1f}x", note or "")
+        table.add_row(name, shown(wall), shown(cpu), "-" if np.isnan(headroom) else f"{headroom:.1f}x",
+                      shown(args.gpu_rate / cpu), note or "")
     table.add_row(f"training step: (2+1)D CNN, {params / 1000:.0f}k params, batch {args.batch_size}",
-                  shown(consumption[0]), shown(consumption[1]), "1.0x", "forward + backward + AdamW, 1 thread")
+                  shown(consumption[0]), shown(consumption[1]), "1.0x", "-", "forward + backward + AdamW, 1 thread")
     Console().print(table)
     tmp.cleanup()
 

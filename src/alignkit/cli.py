@@ -5,7 +5,8 @@
     alignkit import-weights FORMAT SRC --out DIR [--allow-partial] [option=value ...]
     alignkit demo   NAME [--out DIR] [--fast]
     alignkit configs
-    alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N] [key=value ...]
+    alignkit shard  -c CONFIG --out DIR [--split train] [--max-count N] [--resize S [--resize-mode longest|square]]
+                    [--format jpeg|png|webp] [--quality Q] [--bit-depth 8] [--workers N] [key=value ...]
     alignkit export RUN --out DIR [--ckpt PATH]
     alignkit bench  NAME -c CONFIG [key=value ...]     (e.g. bench xray: BenchX-style comparison)
     alignkit validate -c CONFIG [key=value ...] [--out DIR] [--workers N]
@@ -162,10 +163,14 @@ def cmd_configs(args: argparse.Namespace) -> int:
 def cmd_shard(args: argparse.Namespace) -> int:
     from alignkit.core.config import to_plain
     from alignkit.core.registry import DATASETS
+    from alignkit.core.image_encoding import ImageEncoding
     from alignkit.core.shards import shard_pattern, write_shards
     cfg = _load(args)
     dataset = DATASETS.build(cfg.data.dataset, where="data.params", split=args.split, **to_plain(cfg.data.params))
-    paths = write_shards(dataset, Path(args.out), max_count=args.max_count)
+    recode = args.resize is not None or args.format is not None or args.bit_depth is not None
+    encoding = ImageEncoding(size=args.resize, resize=args.resize_mode, interpolation=args.interpolation,
+                             format=args.format, quality=args.quality, bit_depth=args.bit_depth) if recode else None
+    paths = write_shards(dataset, Path(args.out), max_count=args.max_count, encoding=encoding, workers=args.workers)
     print(f"wrote {len(dataset)} samples in {len(paths)} shards; train from them with "
           f"data.shards='{shard_pattern(paths)}'")
     return 0
@@ -246,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--split", default="train")
     sp.add_argument("--max-count", type=int, default=10000, help="samples per shard")
+    sp.add_argument("--resize", type=int, metavar="S", help="store images resized to S pixels (default: the "
+                    "original bytes)")
+    sp.add_argument("--resize-mode", choices=("longest", "square"), default="longest",
+                    help="longest side S keeping the aspect, or S x S")
+    sp.add_argument("--interpolation", choices=("lanczos", "bicubic", "bilinear", "box", "hamming", "nearest"),
+                    default="lanczos")
+    sp.add_argument("--format", choices=("jpeg", "png", "webp"), help="re-encode images (default: the file's "
+                    "format); 16-bit images stay 16-bit PNG unless --bit-depth 8")
+    sp.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality 1-100")
+    sp.add_argument("--bit-depth", type=int, choices=(8,), help="convert 16-bit images to 8 bits")
+    sp.add_argument("--workers", type=int, default=1, help="processes reading and encoding items (the shards "
+                    "are the same for any number)")
     sp.set_defaults(func=cmd_shard)
 
     sp = sub.add_parser("export", help="write a run as a model folder (config.json + model.safetensors)")

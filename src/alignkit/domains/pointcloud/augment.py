@@ -7,16 +7,24 @@ The transforms and their defaults follow PointNet++'s ``utils/provider.py`` (cha
 ``random_point_dropout`` (ratio drawn in ``[0, 0.875)``, dropped points replaced by the first point).
 :func:`point_augmentation` composes them. Random draws come from each transform's MONAI ``self.R``
 (``set_random_state`` seeds it).
+
+:class:`PointCloudAugment` (``AUGMENTATIONS["point-cloud"]``) is the same augmentation, with the same
+distributions, on a training batch ``(B, N, 3+F)`` already on the accelerator (torch ops, torch's global
+generator), so DataLoader workers only decode: set the dataset's ``point_augment: device`` and
+``data.augment: [{name: point-cloud}]``.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import math
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 from monai.transforms import Compose, RandomizableTransform
+from torch import Tensor
 
 from alignkit.core.params import check_choice
-from alignkit.core.registry import ConfigError
+from alignkit.core.registry import AUGMENTATIONS, ConfigError
 from alignkit.domains.pointcloud.clouds import UP_AXES
 
 _AXIS_INDEX = {"x": 0, "y": 1, "z": 2}
@@ -155,5 +163,90 @@ def point_augmentation(up_axis: str = "z", normals: bool = False, scale: Optiona
     return Compose(steps)
 
 
-__all__ = ["RandomPointTransform", "RandomScalePoints", "rotation_about", "RandomRotateUp", "RandomJitterPoints", "RandomPointDropout",
-           "point_augmentation"]
+UP_AXIS_KEY = "up_axis"
+"""Sample field the decoders add under ``point_augment="device"``: the cloud's up axis, 0/1/2 for x/y/z."""
+
+
+def rotations_about(axes: Tensor, angles: Tensor) -> Tensor:
+    """``(B, 3, 3)`` rotations by ``angles`` ``(B,)`` radians about coordinate axes ``axes`` ``(B,)`` (0, 1, 2 =
+    x, y, z): :func:`rotation_about` for a batch."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    out = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(len(angles), 1, 1)
+    planes = torch.tensor([[1, 2], [2, 0], [0, 1]], device=axes.device)[axes]  # (i, j) of each axis, right-handed
+    b = torch.arange(len(angles), device=angles.device)
+    i, j = planes[:, 0], planes[:, 1]
+    out[b, i, i], out[b, i, j], out[b, j, i], out[b, j, j] = c, -s, s, c
+    return out
+
+
+@AUGMENTATIONS.register("point-cloud")
+class PointCloudAugment:
+    """:func:`point_augmentation` on a batch ``batch[key]`` ``(B, N, 3+F)`` on its device, per cloud ``b``:
+
+    1. dropout (``dropout`` > 0): ``r_b ~ U(0, dropout)``, each point replaced by the cloud's first point with
+       probability ``r_b``;
+    2. scale (``scale`` = [low, high]): ``xyz *= s_b``, ``s_b ~ U(low, high)``; normals become
+       ``normalize(n / s_b)``;
+    3. rotation (``rotate``): by ``U(-pi, pi)`` about the up axis (``up_axis`` ``"x"``/``"y"``/``"z"``, or
+       ``"sample"``: each cloud's own from ``batch["up_axis"]`` ``(B,)``, which the point datasets add under
+       ``point_augment="device"``); normals rotate with the points;
+    4. jitter (``jitter`` = sigma > 0): ``xyz += clip(sigma N(0, 1), -clip, clip)`` per point and coordinate.
+
+    ``normals``: columns 3:6 are normals. Draws use torch's global generator on the batch's device.
+    """
+
+    def __init__(self, key: str = "points", up_axis: str = "sample", normals: bool = False,
+                 scale: Optional[Sequence[float]] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
+                 clip: float = 0.05, dropout: float = 0.0):
+        check_choice(up_axis, ("sample", *UP_AXES), "point-cloud up_axis")
+        if scale is not None and not (len(scale) == 2 and 0 < float(scale[0]) <= float(scale[1])):
+            raise ConfigError(f"point-cloud scale must be [low, high] with 0 < low <= high, or null; got {scale}")
+        if not 0 <= dropout < 1 or jitter < 0 or clip < 0:
+            raise ConfigError(f"point-cloud: need 0 <= dropout < 1, jitter >= 0, clip >= 0; got dropout={dropout}, "
+                              f"jitter={jitter}, clip={clip}")
+        self.key, self.up_axis, self.normals, self.rotate = key, up_axis, bool(normals), bool(rotate)
+        self.scale = (float(scale[0]), float(scale[1])) if scale is not None else None
+        self.jitter, self.clip, self.dropout = float(jitter), float(clip), float(dropout)
+
+    def _axes(self, batch: Dict[str, Any], n: int, device: torch.device) -> Tensor:
+        if self.up_axis != "sample":
+            return torch.full((n,), _AXIS_INDEX[self.up_axis], dtype=torch.long, device=device)
+        if UP_AXIS_KEY not in batch:
+            raise KeyError(f"point-cloud augmentation with up_axis='sample' needs the batch's '{UP_AXIS_KEY}' (the "
+                           "point datasets add it with point_augment='device'); or set up_axis to x, y or z")
+        return torch.as_tensor(batch[UP_AXIS_KEY], device=device).long().view(n)
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        if self.key not in batch:
+            raise KeyError(f"point-cloud augmentation: the batch has no '{self.key}' (keys {sorted(batch)})")
+        x = batch[self.key]
+        if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] < (6 if self.normals else 3):
+            raise ValueError(f"point-cloud augmentation expects '{self.key}' as (B, N, 3+F) points"
+                             f"{' with normals in columns 3:6' if self.normals else ''}, got "
+                             f"{getattr(x, 'shape', type(x))}")
+        n, count = x.shape[:2]
+        work = x.float().clone()
+        if self.dropout > 0:
+            ratio = torch.rand(n, 1, device=x.device) * self.dropout
+            drop = torch.rand(n, count, device=x.device) < ratio
+            work = torch.where(drop[..., None], work[:, :1], work)
+        xyz, normals = work[..., :3], work[..., 3:6] if self.normals else None
+        if self.scale is not None:
+            s = (torch.rand(n, 1, 1, device=x.device) * (self.scale[1] - self.scale[0]) + self.scale[0])
+            xyz = xyz * s
+            if normals is not None:
+                normals = torch.nn.functional.normalize(normals / s, dim=-1, eps=1e-12)
+        if self.rotate:
+            angles = (torch.rand(n, device=x.device) * 2 - 1) * math.pi
+            rot = rotations_about(self._axes(batch, n, x.device), angles)
+            xyz = xyz @ rot.transpose(1, 2)
+            if normals is not None:
+                normals = normals @ rot.transpose(1, 2)
+        if self.jitter > 0:
+            xyz = xyz + (torch.randn(n, count, 3, device=x.device) * self.jitter).clamp(-self.clip, self.clip)
+        parts = [xyz] + ([normals, work[..., 6:]] if normals is not None else [work[..., 3:]])
+        return {**batch, self.key: torch.cat(parts, -1).to(x.dtype)}
+
+
+__all__ = ["RandomPointTransform", "RandomScalePoints", "rotation_about", "RandomRotateUp", "RandomJitterPoints",
+           "RandomPointDropout", "point_augmentation", "UP_AXIS_KEY", "rotations_about", "PointCloudAugment"]

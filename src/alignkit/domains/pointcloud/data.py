@@ -16,7 +16,10 @@ Every dataset wraps a layout reader of :mod:`alignkit.domains.pointcloud.layouts
   (3, S, S) (with_images)}``. In training (``augment``, default: split ``"train"``) it augments the points
   (:func:`~alignkit.domains.pointcloud.augment.point_augmentation`: scale, rotation about the up axis, jitter,
   dropout), draws a random caption template and class synonym, and a random rendered view; in evaluation it uses
-  the first template and name and view 0.
+  the first template and name and view 0. With ``point_augment="device"`` the decoder leaves the points as they
+  are and adds ``"up_axis"`` (0/1/2); the training batch is then augmented on the accelerator by
+  :class:`~alignkit.domains.pointcloud.augment.PointCloudAugment` (``data.augment: [{name: point-cloud}]``, same
+  distributions), so DataLoader workers only decode.
 
 Features ``F``: ``none`` (xyz), ``normals``, ``colors`` or ``normals+colors`` (3 columns each, after xyz).
 Bad files or listings raise errors naming the file (and line); with ``skip_bad=True`` every item is
@@ -43,7 +46,7 @@ from alignkit.core.images import ImageTextDecoder
 from alignkit.core.paired import PairedDataset, RawRecord, RawValue, build_decoder, raw_text
 from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import DATASETS, ConfigError, did_you_mean
-from alignkit.domains.pointcloud.augment import point_augmentation
+from alignkit.domains.pointcloud.augment import UP_AXIS_KEY, point_augmentation
 from alignkit.domains.pointcloud.clouds import UP_AXES, PointFileError, load_geometry
 from alignkit.domains.pointcloud.layouts import (ModelNet40MeshReader, ModelNet40ResampledReader, PointFolderReader,
                                                  PointLayoutReader, PointRecord, ScanObjectNNReader, ShapeNet55Reader,
@@ -54,6 +57,9 @@ from alignkit.domains.pointcloud.prompts import Templates, point_caption, resolv
 from alignkit.domains.pointcloud.render import VIEW_KINDS, default_views_dir, render_geometry, view_file, write_views
 
 logger = logging.getLogger(__name__)
+
+POINT_AUGMENT_PLACES = ("worker", "device")
+"""Where training points are augmented: in the decoder (DataLoader workers) or on the training batch's device."""
 
 
 # =========================================================================================== decoder
@@ -72,14 +78,21 @@ class PointCloudDecoder(Randomizable):
     the class synonym, the view kind and the view random (else: first template, first name, first kind,
     view 0). Random draws come from MONAI ``self.R`` seeded with ``seed``; inside a DataLoader worker the
     decoder reseeds itself once from the worker's seed, so workers draw different augmentations.
+
+    ``point_augment``: ``"worker"`` (default) augments the points here, ``"device"`` leaves them to
+    :class:`~alignkit.domains.pointcloud.augment.PointCloudAugment` on the training batch and adds the sample
+    field ``"up_axis"`` (index 0/1/2 of the record's up axis) when training.
     """
 
     def __init__(self, split: str = "train", augment: Optional[bool] = None,
                  scale: Optional[Sequence[float]] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
                  dropout: float = 0.0, caption_templates: Union[str, Sequence[str]] = "shapenet_64",
                  image_size: int = 64, image_kinds: Sequence[str] = ("shaded",),
-                 image_mean: Sequence[float] = (0.5,), image_std: Sequence[float] = (0.5,), seed: int = 0):
+                 image_mean: Sequence[float] = (0.5,), image_std: Sequence[float] = (0.5,), seed: int = 0,
+                 point_augment: str = "worker"):
         self.training = bool(augment) if augment is not None else split == "train"
+        check_choice(point_augment, POINT_AUGMENT_PLACES, "point_augment")
+        self.point_augment = point_augment
         self.scale = tuple(scale) if scale is not None else None
         if self.scale is not None and len(self.scale) != 2:
             raise ConfigError(f"scale must be [low, high] or null, got {scale}")
@@ -121,7 +134,7 @@ class PointCloudDecoder(Randomizable):
             points = np.load(io.BytesIO(bytes(raw["npy"])), allow_pickle=False)  # type: ignore[arg-type]
         except (ValueError, OSError) as exc:
             raise ValueError(f"cannot decode the points of '{meta['id']}' ({where}): {exc}") from exc
-        if self.training:
+        if self.training and self.point_augment == "worker":
             normals = "normals" in check_features(meta["features"])
             points = self._augmenter(meta["up"], normals)(points)
         names = meta["names"]
@@ -129,6 +142,8 @@ class PointCloudDecoder(Randomizable):
                              meta.get("description"))
         sample: Dict[str, Any] = {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
                                   "label": int(raw_text(raw["cls"])), "text": text, "id": meta["id"]}
+        if self.training and self.point_augment == "device":
+            sample[UP_AXIS_KEY] = "xyz".index(meta["up"])
         kinds = [k for k in self.image_kinds if f"{k}00.png" in raw]
         if kinds:
             kind = kinds[self._pick(len(kinds))]
@@ -156,6 +171,7 @@ class PointCloudDataset(PairedDataset):
     - ``num_points`` (N), ``surface_points`` (samples drawn on a mesh before FPS), ``features``,
       ``sampling`` (``fps`` | ``random``), ``seed``: :func:`~alignkit.domains.pointcloud.preprocess.prepare_points`;
     - ``augment``, ``scale`` ([low, high] or null), ``rotate``, ``jitter`` (sigma), ``dropout`` (max ratio),
+      ``point_augment`` (``worker`` or ``device``: where the points are augmented),
       ``caption_templates`` (a set of :mod:`~alignkit.domains.pointcloud.prompts` or a list),
       ``image_size``, ``image_kinds``, ``image_mean``, ``image_std``: the :class:`PointCloudDecoder`'s;
     - ``up_axis``: the shapes' up axis (None: the layout's; rotation and rendering use it);
@@ -276,10 +292,11 @@ class PointCloudDataset(PairedDataset):
                 scale: Optional[Sequence[float]] = (0.8, 1.25), rotate: bool = True, jitter: float = 0.01,
                 dropout: float = 0.0, caption_templates: Union[str, Sequence[str]] = "shapenet_64",
                 image_size: int = 64, image_kinds: Sequence[str] = ("shaded",), image_mean: Sequence[float] = (0.5,),
-                image_std: Sequence[float] = (0.5,), seed: int = 0) -> PointCloudDecoder:
+                image_std: Sequence[float] = (0.5,), seed: int = 0, point_augment: str = "worker") -> PointCloudDecoder:
         return PointCloudDecoder(split=split, augment=augment, scale=scale, rotate=rotate, jitter=jitter,
                                  dropout=dropout, caption_templates=caption_templates, image_size=image_size,
-                                 image_kinds=image_kinds, image_mean=image_mean, image_std=image_std, seed=seed)
+                                 image_kinds=image_kinds, image_mean=image_mean, image_std=image_std, seed=seed,
+                                 point_augment=point_augment)
 
 
 _Floats = Sequence[float]
@@ -293,6 +310,7 @@ def point_dataset_params(num_points: _Count = 1024, surface_points: _Count = 819
                          scale: Optional[Tuple[_Positive, _Positive]] = (0.8, 1.25), rotate: bool = True,
                          jitter: Annotated[float, NON_NEGATIVE] = 0.01,
                          dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
+                         point_augment: Annotated[str, OneOf(POINT_AUGMENT_PLACES)] = "worker",
                          up_axis: Optional[Annotated[str, OneOf(UP_AXES)]] = None,
                          caption_templates: Templates = "shapenet_64", with_images: bool = False,
                          num_views: _Count = 12, image_size: _Count = 64,

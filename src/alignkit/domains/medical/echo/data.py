@@ -4,7 +4,9 @@ Both follow the :class:`~alignkit.core.paired.PairedDataset` protocol, so they c
 shards: ``raw(i)`` holds the video file's bytes (field named by its extension: ``avi``, ``mp4``, ``dcm``, ...),
 the study's report (``txt``, studies only) and a ``json`` of ids and labels; :class:`EchoClipDecoder` turns
 such a record into a sample. Decoding (PyAV or pydicom, only the clip's frames) and the MONAI frame transforms
-run in the decoder, i.e. inside DataLoader workers.
+run in the decoder, i.e. inside DataLoader workers; random spatial and intensity augmentation of training clips
+runs on the accelerator, on the collated batch ``(B, C, T, S, S)``, one draw per clip shared by its frames:
+``data.augment: [{name: affine-intensity, params: {key: video}}]`` (:mod:`alignkit.core.augment`).
 
 - ``echonet`` (:class:`EchoNetDataset`): one item per video of an EchoNet-Dynamic folder; sample
   ``{"video": float (C, T, S, S), "ef": float (%, nan if unknown), "id": str}`` plus ``"view"`` (str) and

@@ -39,7 +39,7 @@ multi-label convention ``{0, 1, -1 = ignore}``."""
 DEFAULT_LABELS: Dict[str, Tuple[str, ...]] = {"mimic": CHEXPERT_LABELS, "chexpert": CHEXPERT_LABELS,
                                               "nih": (*NIH_LABELS, NO_FINDING), "csv": ()}
 _DICOM_FIELDS = ("dcm", "dicom")
-_IMAGE_FIELDS = ("png", "jpg", "jpeg", *_DICOM_FIELDS)
+_IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", *_DICOM_FIELDS)
 
 # what the dataset's parameters accept (checked when a config is loaded; the decoder and readers check them again)
 WindowOption = Union[Annotated[str, OneOf(WINDOWS)], Tuple[float, Annotated[float, Range(gt=1)]]]

@@ -25,6 +25,7 @@ from monai.transforms import EnsureChannelFirst, MapTransform, Transform
 from monai.utils import ImageMetaKey, MetaKeys, ensure_tuple
 from PIL import Image
 
+from alignkit.core.images import use_draft
 from alignkit.core.registry import ConfigError, did_you_mean
 from alignkit.domains.medical.dicom import Window, frame_count, is_dicom, read_dataset, render_frame
 
@@ -73,17 +74,24 @@ def _scale(values: np.ndarray, value_range: Tuple[float, float], window: Window)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _read_bitmap(path: Union[Path, BinaryIO], window: Window, frame: int,
-                 where: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
+def _read_bitmap(path: Union[Path, BinaryIO], window: Window, frame: int, where: str = "",
+                 image_size: ImageSize = None) -> Tuple[np.ndarray, Dict[str, Any]]:
     """PNG/JPEG (a file, or its bytes in a file object named ``where``) -> ``[0, 1]``: 8-bit (and colour, converted
-    to luma) by 255, 16-bit (``I;16``, ``I``) by 65535."""
+    to luma) by 255, 16-bit (``I;16``, ``I``) by 65535. With ``image_size`` (the size the caller resizes to) a JPEG
+    at least 4 times larger per side is decoded at a reduced DCT scale (:func:`~alignkit.core.images.use_draft`;
+    ``meta["draft"]`` says whether); PNG, 16-bit and DICOM are always decoded in full."""
     where = where or str(path)
     values: Optional[np.ndarray] = None
     try:
         with Image.open(path) as img:
             frames = int(getattr(img, "n_frames", 1))
+            full_shape = (img.size[1], img.size[0])
+            drafted = False
             if 0 <= frame < frames:
                 img.seek(frame)
+                if image_size is not None and frame == 0:
+                    height, width = _size_pair(image_size)
+                    drafted = use_draft(img, (width, height), "L")
                 img.load()
                 if img.mode.startswith("I;16") or img.mode == "I":
                     values, value_range = np.asarray(img), (0.0, 65535.0)
@@ -92,7 +100,7 @@ def _read_bitmap(path: Union[Path, BinaryIO], window: Window, frame: int,
                 else:
                     values, value_range = np.asarray(img if img.mode == "L" else img.convert("L")), (0.0, 255.0)
             meta = {"format": img.format, "mode": img.mode, "frames": frames, "frame": frame,
-                    "photometric": "MONOCHROME2"}
+                    "photometric": "MONOCHROME2", "draft": drafted, "original_shape": full_shape}
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot decode image file {where} ({type(exc).__name__}: {exc}); the file is corrupt, "
                          "truncated or not an image") from exc
@@ -114,41 +122,57 @@ def _read_dicom(path: Union[Path, BinaryIO], window: Window, frame: int,
     return image, {"format": "DICOM", "frames": frame_count(ds, where), "frame": frame, "photometric": photometric}
 
 
+def _size_pair(image_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """``S`` -> ``(S, S)``; ``(H, W)`` as ints."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = (int(v) for v in image_size)
+    return height, width
+
+
 def _resize(image: np.ndarray, image_size: ImageSize) -> np.ndarray:
     """Bilinear resize (Pillow, antialiased when shrinking) to ``image_size``: ``S`` -> (S, S), or ``(H, W)``."""
     if image_size is None:
         return image
-    height, width = (image_size, image_size) if isinstance(image_size, int) else (int(v) for v in image_size)
+    height, width = _size_pair(image_size)
     if (height, width) == image.shape:
         return image
     resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize((width, height), Image.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def _load(path: PathLike, image_size: ImageSize, window: Window, frame: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+def _load(path: PathLike, image_size: ImageSize, window: Window, frame: int,
+          draft: bool = True) -> Tuple[np.ndarray, Dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"X-ray image file {path} not found")
     window = check_window(window)
-    image, meta = (_read_dicom if is_dicom(path) else _read_bitmap)(path, window, frame)
-    meta["original_shape"] = image.shape
+    if is_dicom(path):
+        image, meta = _read_dicom(path, window, frame)
+        meta["original_shape"] = image.shape
+    else:
+        image, meta = _read_bitmap(path, window, frame, image_size=image_size if draft else None)
     return np.ascontiguousarray(_resize(image, image_size)), meta
 
 
 def decode_xray(data: bytes, name: str = "<bytes>", dicom: Optional[bool] = None, image_size: ImageSize = None,
-                window: Window = "auto", frame: int = 0) -> np.ndarray:
+                window: Window = "auto", frame: int = 0, draft: bool = True) -> np.ndarray:
     """:func:`load_xray` of a file's bytes (e.g. read back from a shard): the same decoding, windowing and resizing.
 
     ``dicom``: whether ``data`` is DICOM; None decides by the ``DICM`` mark at byte 128. ``name`` (the file or
-    record the bytes came from) is what errors name.
+    record the bytes came from) is what errors name. ``draft``: see :func:`load_xray`.
     """
     window = check_window(window)
     is_dcm = data[128:132] == b"DICM" if dicom is None else dicom
-    image, _ = (_read_dicom if is_dcm else _read_bitmap)(io.BytesIO(data), window, frame, name)
+    if is_dcm:
+        image, _ = _read_dicom(io.BytesIO(data), window, frame, name)
+    else:
+        image, _ = _read_bitmap(io.BytesIO(data), window, frame, name, image_size if draft else None)
     return np.ascontiguousarray(_resize(image, image_size))
 
 
-def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "auto", frame: int = 0) -> np.ndarray:
+def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "auto", frame: int = 0,
+              draft: bool = True) -> np.ndarray:
     """Read a chest X-ray as a float32 array ``(H, W)`` in ``[0, 1]``, bone bright (MONOCHROME2 convention).
 
     PNG / JPEG (Pillow): 8-bit grey and colour (converted to luma) are divided by 255, 16-bit grey
@@ -181,13 +205,17 @@ def load_xray(path: PathLike, image_size: ImageSize = None, window: Window = "au
     (``"auto"`` = ``"none"``; a ``(center, width)`` pair is in stored units, e.g. 0..65535).
 
     ``image_size`` (``S`` or ``(H, W)``) resizes bilinearly (antialiased when shrinking); None keeps the size.
+    ``draft`` (default True): a JPEG at least 4 times ``image_size`` per side is first decoded at a reduced DCT
+    scale (1/2, 1/4 or 1/8, keeping at least twice the output size:
+    :func:`~alignkit.core.images.use_draft`), about 1.5-2x faster for a MIMIC-CXR-JPG file at 224 px and within
+    1-2 grey levels of 255 (mean absolute) of the full decode; PNG (8 and 16 bits) and DICOM are unaffected.
 
     Raises ``FileNotFoundError`` for a missing file, and ``ValueError`` naming the file for a corrupt or
     truncated file, a DICOM without pixel data, a malformed DICOM header (naming the tag), a transfer syntax no
     installed plugin decodes (naming it and what to install), an unsupported photometric interpretation or a
     ``frame`` outside the file's frames.
     """
-    return _load(path, image_size, window, frame)[0]
+    return _load(path, image_size, window, frame, draft)[0]
 
 
 @dataclass

@@ -63,6 +63,10 @@ class LeRobotSplit(LeRobotDataset):
     as Voltron's V-Cond reads them); ``split`` selects episodes with :func:`split_episodes`
     (``holdout`` and ``split_seed`` carve validation/test episodes out of the train ones). A split with no
     episodes is empty (the DataModule then skips it).
+
+    Workers only decode: augment training windows ``(B, T, 3, H, W)`` on the accelerator with the core's
+    ``data.augment: [{name: random-shift, params: {keys: [observation.images.<camera>], pad: 4}}]`` (DrQ's shift,
+    one per window) or ``affine-intensity`` (:mod:`alignkit.core.augment`).
     """
 
     def __init__(self, root: PathLike, split: str = "train", window: Annotated[int, AT_LEAST_ONE] = 1,
