@@ -60,7 +60,7 @@ class RetrievalResult:
 def _text_encoder(tower: Any) -> Optional[Any]:
     """The Hugging Face text encoder of ``tower`` (frozen wrappers forward attributes), or None."""
     enc = tower.encoder
-    return enc if hasattr(enc, "tokenizer") and hasattr(enc, "model") else None
+    return enc if hasattr(enc, "tokenizer") else None
 
 
 class AlignedModel:
@@ -166,7 +166,8 @@ class AlignedModel:
             sub = f"{name}_text"
             enc.tokenizer.save_pretrained(out / sub)
             spec = model_cfg["towers"][name]
-            kept = {k: v for k, v in spec.get("params", {}).items() if k in ("pooling", "max_length", "cache")}
+            kept = {k: v for k, v in spec.get("params", {}).items() if k in ("pooling", "max_length", "cache",
+                                                                                     "clean")}
             spec["encoder"] = "hf-text"  # the architecture from its config; the weights from model.safetensors
             spec["params"] = {**kept, "config": enc.model.config.to_diff_dict(), "tokenizer_path": sub}
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()

@@ -34,13 +34,16 @@ class MLPHead(nn.Module):
 
     ``z = W_L f(... f(W_1 x))``, ``f = dropout(act(norm(.)))``, hidden width ``hidden_dim`` (default
     ``in_dim``). With ``residual``, ``z += x`` if ``in_dim == out_dim``, else ``z += P x`` with a bias-free
-    linear ``P``. ``num_layers=1`` is a linear head.
+    linear ``P``. ``num_layers=1`` is a linear head. ``bias=False``: bias-free linear layers (open_clip's
+    ``HFTextEncoder`` ``mlp`` projection is ``hidden_dim = (in_dim + out_dim) // 2``, ``num_layers=2``, gelu,
+    ``bias=False``).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: Optional[Annotated[int, AT_LEAST_ONE]] = None,
                  num_layers: Annotated[int, AT_LEAST_ONE] = 2,
                  activation: Annotated[str, OneOf(tuple(ACTIVATIONS))] = "gelu",
-                 dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0, layer_norm: bool = False, residual: bool = False):
+                 dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0, layer_norm: bool = False, residual: bool = False,
+                 bias: bool = True):
         super().__init__()
         check_choice(activation, tuple(ACTIVATIONS), "mlp head activation")
         if num_layers < 1:
@@ -49,7 +52,7 @@ class MLPHead(nn.Module):
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
         layers: List[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(d_in, d_out))
+            layers.append(nn.Linear(d_in, d_out, bias=bias))
             if i < num_layers - 1:
                 layers += [nn.LayerNorm(d_out)] if layer_norm else []
                 layers.append(ACTIVATIONS[activation]())

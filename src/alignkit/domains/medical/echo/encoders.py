@@ -1,4 +1,5 @@
-"""Echo video towers (``ENCODERS``): a CPU-sized (2+1)D CNN and a factorised video ViT.
+"""Echo video towers (``ENCODERS``): a CPU-sized (2+1)D CNN, a factorised video ViT, and an image encoder run frame
+by frame (``echo-frames``: EchoCLIP-style, e.g. over an imported open_clip ConvNeXt).
 
 Both take clips ``(B, C, T, H, W)`` (as :class:`~alignkit.domains.medical.echo.data.EchoClipDecoder` makes them),
 compute per-frame features ``f_t`` (``(B, T', C')``) and pool them over time with :func:`temporal_pool`:
@@ -10,12 +11,13 @@ For MONAI's 3D ResNet (the EchoPrime-style GPU config) use the core ``monai-resn
 """
 from __future__ import annotations
 
-from typing import Annotated, List, Sequence
+from typing import Annotated, Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignkit.core.encoders.base import build_encoder
 from alignkit.core.encoders.image import check_image
 from alignkit.core.params import AT_LEAST_ONE, POSITIVE, OneOf, Range, check_choice
 from alignkit.core.registry import ENCODERS, ConfigError
@@ -174,3 +176,31 @@ class FactorisedVideoViT(nn.Module):
     def forward_tokens(self, x: Tensor) -> Tensor:
         """``(B, T' N, dim)``, frame-major."""
         return self.tokens(x).flatten(1, 2)
+
+
+@ENCODERS.register("echo-frames")
+class FrameEncoder(nn.Module):
+    """An image encoder applied to every frame of a clip ``(B, C, T, H, W)``; the frame features ``(B, T, D)`` pooled
+    over time (``"mean"``: EchoCLIP's video embedding, the mean of its frame embeddings; ``"mean_std"``: ``2D``).
+
+    ``image_encoder`` is an encoder spec ``{name, params}``, e.g. ``{name: imported, params: {path:
+    runs/echoclip/towers/image}}`` for EchoCLIP's ConvNeXt imported with ``alignkit import-weights open-clip``.
+    """
+
+    def __init__(self, image_encoder: Dict[str, Any], pool: TemporalPool = "mean"):
+        super().__init__()
+        check_choice(pool, TEMPORAL_POOLS, "echo-frames pool")
+        self.image = build_encoder(image_encoder, where="echo-frames.image_encoder")
+        self.pool = pool
+        self.output_dim = _pooled_dim(int(self.image.output_dim), pool)
+
+    def frame_features(self, x: Tensor) -> Tensor:
+        """``(B, C, T, H, W) -> (B, T, D)``: each frame through the image encoder."""
+        if x.ndim != 5:
+            raise ValueError(f"echo-frames expects clips (B, C, T, H, W); got shape {tuple(x.shape)}")
+        b, c, t, h, w = x.shape
+        return self.image(x.transpose(1, 2).reshape(b * t, c, h, w)).reshape(b, t, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return temporal_pool(self.frame_features(x), self.pool)
+
