@@ -97,29 +97,33 @@ anchor-made fixture of those weights and runs the config for one step (the fixtu
 
 def released_weights_test(path: Path) -> str:
     """The test file named by the config's ``# one-step test:`` line ('' for a config that imports nothing)."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith(ONE_STEP_TEST)]
+    return lines[0][len(ONE_STEP_TEST):].strip() if lines else ""
+
+
+def _released(path: Path) -> bool:
+    """A config over imported weights: an ``imported`` tower, or a ``# one-step test:`` line (a policy over an
+    imported encoder through its own loader)."""
     text = path.read_text()
-    if "encoder: imported" not in text:
-        return ""
-    lines = [line for line in text.splitlines() if line.startswith(ONE_STEP_TEST)]
-    assert lines, f"{path}: starts from imported weights; name its one-step test in a '{ONE_STEP_TEST}FILE' line"
-    return lines[0][len(ONE_STEP_TEST):].strip()
+    return "encoder: imported" in text or "name: imported" in text or ONE_STEP_TEST in text
 
 
 def _config_ids() -> List[Path]:
     """Run configs; bench configs (under a `bench/` folder) are run by test_bench_config_runs, configs that start
     from imported weights by the test their header names (test_released_weight_configs_have_their_test)."""
-    return [p for p in list_configs(CONFIGS) if "bench" not in p.relative_to(CONFIGS).parts
-            and "encoder: imported" not in p.read_text()]
+    return [p for p in list_configs(CONFIGS) if "bench" not in p.relative_to(CONFIGS).parts and not _released(p)]
 
 
 def _released_ids() -> List[Path]:
-    return [p for p in list_configs(CONFIGS) if "encoder: imported" in p.read_text()]
+    return [p for p in list_configs(CONFIGS) if _released(p)]
 
 
 @pytest.mark.parametrize("path", _released_ids(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_released_weight_configs_have_their_test(path: Path) -> None:
     """Each config over imported towers names a test that exists and runs it (by its shipped name)."""
-    test_file = Path(__file__).parent.parent / released_weights_test(path)
+    named = released_weights_test(path)
+    assert named, f"{path}: starts from imported weights; name its one-step test in a '{ONE_STEP_TEST}FILE' line"
+    test_file = Path(__file__).parent.parent / named
     assert test_file.is_file(), f"{path}: its one-step test {test_file} does not exist"
     name = str(path.relative_to(CONFIGS).with_suffix(""))
     assert name in test_file.read_text(), f"{test_file} does not run {name}"

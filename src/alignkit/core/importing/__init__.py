@@ -56,6 +56,9 @@ class ImportedTower:
     head_state: Optional[Dict[str, Tensor]] = None
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     assets: Dict[str, Path] = field(default_factory=dict)
+    asset_files: Dict[str, List[str]] = field(default_factory=dict)
+    """Per folder asset, the glob patterns of the files to copy (default: all), e.g. a language model's config and
+    tokenizer without its weights when the checkpoint carries them: ``["*.json", "*.txt"]``."""
 
 
 @dataclass
@@ -192,7 +195,15 @@ def _write_tower(folder: Path, spec: ImportedTower, encoder: nn.Module, head: Op
         target = folder / key
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
-        shutil.copytree(asset, target) if asset.is_dir() else shutil.copyfile(asset, target)
+        if asset.is_dir():
+            patterns = spec.asset_files.get(key)
+            target.mkdir(parents=True)
+            for item in sorted(asset.rglob("*")):
+                if item.is_file() and (patterns is None or any(item.match(p) for p in patterns)):
+                    (target / item.relative_to(asset)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(item, target / item.relative_to(asset))
+        else:
+            shutil.copyfile(asset, target)
         params[key] = key
     state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     if head is not None:

@@ -3,5 +3,6 @@ behaviour-cloning baseline (``bc``), the policies' shared pieces (``action_head`
 ``patches``) and their attention blocks (``perceiver``).
 
 Importing ``voltron``, ``gr1`` and ``bc`` registers ``MODELS`` ``"voltron"``, ``"gr1"``, ``"lcbc"`` and
-``ENCODERS`` ``"voltron"``, ``"voltron-pretrained"`` (the registries import them when a config names them).
+``ENCODERS`` ``"voltron"``, ``"voltron-pretrained"`` and ``"voltron-released"`` (Voltron's released checkpoints, imported
+with ``alignkit import-weights voltron``); the registries import them when a config names them.
 """

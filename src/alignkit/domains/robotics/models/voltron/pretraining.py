@@ -27,7 +27,8 @@ models (224 px, patch 16, language from DistilBERT, at most 20 tokens): ViT-Smal
 6 heads with a decoder of width 192, depth 6, 6 heads; ViT-Base encoder 768/12/12 with decoder 512/8/16;
 ``mask_ratio`` 0.75, ``gen_ratio`` 0.5, ``lm_weight`` 0.5, AdamW betas (0.9, 0.95), weight decay 0.05, learning
 rate 1.5e-4 * batch / 256 with warm-up and cosine decay. The paper's blocks use RMSNorm, SwiGLU and LayerScale;
-these use LayerNorm and GELU.
+these use LayerNorm and GELU. Voltron's released checkpoints load into
+:class:`~alignkit.domains.robotics.models.voltron.released.VoltronReleasedEncoder` (its exact architecture) instead.
 """
 from __future__ import annotations
 
@@ -207,14 +208,21 @@ class VoltronEncoder(nn.Module):
 
 
 @ENCODERS.register("voltron-pretrained")
-def load_voltron_encoder(path: str, feature_layer: Optional[Annotated[int, NON_NEGATIVE]] = None) -> VoltronEncoder:
-    """A :class:`VoltronEncoder` from a folder written by :meth:`VoltronEncoder.export` (in eval mode), giving the
-    features of ``feature_layer`` (see :class:`VoltronEncoder`; None: the last layer)."""
+def load_voltron_encoder(path: str, feature_layer: Optional[Annotated[int, NON_NEGATIVE]] = None) -> nn.Module:
+    """A frozen-use Voltron encoder (in eval mode) giving the features of ``feature_layer`` (None: the last layer):
+
+    - from a folder written by :meth:`VoltronEncoder.export` (``config.json``, ``model.safetensors``), a
+      :class:`VoltronEncoder`;
+    - from a released Voltron checkpoint imported by ``alignkit import-weights voltron`` (the import's folder, or its
+      ``towers/image``), a :class:`~alignkit.domains.robotics.models.voltron.released.VoltronReleasedEncoder`."""
     folder = Path(path)
+    tower = next((d for d in (folder, folder / "towers" / "image") if (d / "tower.json").is_file()), None)
+    if tower is not None:
+        return _load_imported_voltron(tower, feature_layer)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: give a folder written by VoltronEncoder.export "
-                                f"(VoltronModule.export_encoder)")
+                                f"(VoltronModule.export_encoder) or by `alignkit import-weights voltron`")
     meta = read_json(config_file)
     if meta.get("format") != EXPORT_FORMAT:
         raise ConfigError(f"{config_file} is not a Voltron encoder export (format {meta.get('format')!r})")
@@ -224,10 +232,29 @@ def load_voltron_encoder(path: str, feature_layer: Optional[Annotated[int, NON_N
     if bad:
         raise ConfigError(f"{folder / 'model.safetensors'} does not match its config.json: keys {bad[:5]}")
     depth = int(meta["params"].get("depth", len(encoder.transformer.blocks)))
+    _check_feature_layer(feature_layer, depth, config_file)
+    encoder.feature_layer = feature_layer
+    return encoder.eval()
+
+
+def _check_feature_layer(feature_layer: Optional[int], depth: int, where: Path) -> None:
     if feature_layer is not None and not 0 <= feature_layer <= depth:
         raise ConfigError(f"voltron-pretrained feature_layer {feature_layer} is outside 0..{depth} (the encoder's "
-                          f"depth, {config_file})")
+                          f"depth, {where})")
+
+
+def _load_imported_voltron(tower: Path, feature_layer: Optional[int]) -> nn.Module:
+    """The imported tower in ``tower`` (``tower.json``: encoder ``voltron-released``), weights loaded strictly, taking
+    frames in [0, 1] (its ``normalize`` on)."""
+    from alignkit.core.importing import load_imported_tower
+    spec = read_json(tower / "tower.json")
+    if spec.get("encoder") != "voltron-released":
+        raise ConfigError(f"{tower / 'tower.json'} holds a {spec.get('encoder')!r} tower, not an imported Voltron "
+                          f"encoder (voltron-released): use encoder 'imported' for it")
+    encoder = load_imported_tower(tower)
+    _check_feature_layer(feature_layer, len(encoder.encoder_blocks), tower / "tower.json")
     encoder.feature_layer = feature_layer
+    encoder.normalize = True  # policies give frames in [0, 1]; Voltron's ImageNet standardisation happens inside
     return encoder.eval()
 
 
