@@ -275,10 +275,11 @@ def test_typos_give_config_errors_with_suggestions() -> None:
         HEADS.build("mlp", in_dim=4, out_dim=4, hiden_dim=8)
     with pytest.raises(ConfigError, match="did you mean 'avgmax'"):
         ENCODERS.build("small-cnn", pool="avgmx")
-    with pytest.raises(ConfigError, match="depth must be one of 10, 18, 34, 50; got 101"):
-        ENCODERS.get("monai-resnet")(depth=101)  # the constructor's own check (direct Python use)
-    with pytest.raises(ConfigError, match="depth = 101 for encoder 'monai-resnet': must be one of 10, 18, 34, 50"):
-        ENCODERS.build("monai-resnet", depth=101)  # a config value is refused before anything is built
+    with pytest.raises(ConfigError, match="depth must be one of 10, 18, 34, 50, 101, 152; got 200"):
+        ENCODERS.get("monai-resnet")(depth=200)  # the constructor's own check (direct Python use)
+    with pytest.raises(ConfigError,
+                       match="depth = 200 for encoder 'monai-resnet': must be one of 10, 18, 34, 50, 101, 152"):
+        ENCODERS.build("monai-resnet", depth=200)  # a config value is refused before anything is built
 
 
 # --------------------------------------------------------------------------- heads

@@ -13,7 +13,12 @@ those with a token or spatial map also have ``forward_tokens(inputs) -> (B, N, C
   ``"monai-densenet"``, ``"monai-densenet121"``, ``"monai-vit"``): input ``(B, C, H, W)`` with
   ``spatial_dims=2`` or ``(B, C, D, H, W)`` with ``spatial_dims=3`` (a video clip is ``(B, C, T, H, W)``).
 - :mod:`~alignkit.core.encoders.clip` (``"hf-clip-text"``, ``"hf-clip-vision"``): the halves of a local
-  Hugging Face CLIP.
+  Hugging Face CLIP or SigLIP.
+- :mod:`~alignkit.core.encoders.hf_vision` (``"hf-vision"``): a transformers vision backbone (ViT, DINOv2, Swin,
+  ConvNeXt, ResNet), pooled output and patch tokens.
+- :mod:`~alignkit.core.encoders.clip_vit`, :mod:`~alignkit.core.encoders.clip_text`,
+  :mod:`~alignkit.core.encoders.convnext` (``"clip-vit"``, ``"clip-text"``, ``"convnext"``): open_clip's towers in
+  its own state-dict layout (``alignkit import-weights open-clip``).
 - :mod:`~alignkit.core.encoders.heads` (``"identity"``, ``"linear"``, ``"mlp"``): ``(in_dim, out_dim, ...)``,
   ``(B, in_dim) -> (B, out_dim)``.
 

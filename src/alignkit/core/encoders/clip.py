@@ -1,9 +1,16 @@
-"""The two halves of a local Hugging Face CLIP as towers (``"hf-clip-text"``, ``"hf-clip-vision"``)."""
+"""The two halves of a local Hugging Face CLIP or SigLIP as towers (``"hf-clip-text"``, ``"hf-clip-vision"``).
+
+Each half is read from a local CLIP/SigLIP folder (``path``) or built randomly initialised from the half's config
+dict (``config``: ``{"model_type": "clip_vision_model" | "clip_text_model" | "siglip_vision_model" |
+"siglip_text_model", ...}``), as an imported tower is (``alignkit import-weights hf-clip``: its weights are loaded
+afterwards). CLIP: the projected embeddings (``image_embeds`` / ``text_embeds``); SigLIP: the pooled outputs (the
+attention-pooling head of the vision half, the head over the last token of the text half), no projection.
+"""
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Dict, Optional, Sequence
+from typing import Annotated, Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +20,9 @@ from alignkit.core.encoders.base import TextItem
 from alignkit.core.encoders.image import check_image
 from alignkit.core.encoders.text import flatten_texts, mean_per_item
 from alignkit.core.registry import ENCODERS, ConfigError
-from alignkit.core.params import AT_LEAST_ONE
+from alignkit.core.params import AT_LEAST_ONE, OneOf
+
+TEXT_PADDINGS = ("longest", "max_length")
 
 
 def _clip_folder(path: str, key: str) -> str:
@@ -26,27 +35,62 @@ def _clip_folder(path: str, key: str) -> str:
     return str(folder)
 
 
-def _clip_half(model_class: Any, folder: str, half: str) -> Any:
-    """``model_class`` (``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection``) from a local folder
-    holding either that half or a full ``CLIPModel``; for a full model the half's config takes the top-level
-    ``projection_dim`` (the half configs of a ``CLIPConfig`` may carry a stale default)."""
+def _family(model_type: str) -> str:
+    """``"siglip"`` for SigLIP configs, else ``"clip"``."""
+    return "siglip" if str(model_type).startswith("siglip") else "clip"
+
+
+def _half_class(family: str, half: str) -> Any:
+    import transformers
+
+    names = {("clip", "text"): "CLIPTextModelWithProjection", ("clip", "vision"): "CLIPVisionModelWithProjection",
+             ("siglip", "text"): "SiglipTextModel", ("siglip", "vision"): "SiglipVisionModel"}
+    return getattr(transformers, names[family, half])
+
+
+def _one_source(path: Optional[str], config: Optional[Dict[str, Any]], owner: str) -> None:
+    if (path is None) == (config is None):
+        raise ConfigError(f"{owner} needs exactly one of path (a local CLIP folder) or config (the half's "
+                          f"transformers config dict, as an imported tower has)")
+
+
+def _clip_half(path: Optional[str], config: Optional[Dict[str, Any]], half: str, owner: str) -> Tuple[Any, str]:
+    """The ``half`` (``"text"``/``"vision"``) model and its family: from a local folder holding that half or a full
+    ``CLIPModel``/``SiglipModel`` (a full CLIP's half takes the top-level ``projection_dim``: the half configs of a
+    ``CLIPConfig`` may carry a stale default), or randomly initialised from a half's config dict."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    if config.model_type == "clip":
-        config = copy.deepcopy(getattr(config, f"{half}_config"))
-        config.projection_dim = AutoConfig.from_pretrained(folder, local_files_only=True).projection_dim
-    return model_class.from_pretrained(folder, config=config, local_files_only=True)
+    from alignkit.core.encoders.hf_vision import vision_config
+
+    _one_source(path, config, owner)
+    if config is not None:
+        half_config = vision_config(config, owner)
+        family = _family(half_config.model_type)
+        return _half_class(family, half)(half_config), family
+    folder = _clip_folder(path, "path")
+    full = AutoConfig.from_pretrained(folder, local_files_only=True)
+    family = _family(full.model_type)
+    half_config = full
+    if full.model_type in ("clip", "siglip"):
+        half_config = copy.deepcopy(getattr(full, f"{half}_config"))
+        if family == "clip":
+            half_config.projection_dim = full.projection_dim
+    return _half_class(family, half).from_pretrained(folder, config=half_config, local_files_only=True), family
 
 
 @ENCODERS.register("hf-clip-text")
 class CLIPTextTower(nn.Module):
     """The text half of a local Hugging Face CLIP (``CLIPTextModelWithProjection``): ``forward(texts) ->
-    (B, projection_dim)`` CLIP text embeddings (EOS-token state times the text projection; not normalised).
+    (B, projection_dim)`` CLIP text embeddings (EOS-token state times the text projection; not normalised), or for a
+    SigLIP folder (``SiglipTextModel``) its pooled output ``(B, projection_size)``.
 
     Args:
         path: local folder of a CLIP checkpoint (a full ``CLIPModel`` folder works: its text half is read).
+        config: instead of ``path``, the text half's config dict (randomly initialised; needs ``tokenizer_path``).
         tokenizer_path: local tokenizer folder (default ``path``).
+        padding: ``"longest"`` (CLIP: its EOS token is pooled) or ``"max_length"`` (SigLIP, trained on texts padded
+            to ``max_length`` whose last position is pooled; a SigLIP half is fed ``input_ids`` only, as its
+            processor does).
         max_length: texts are truncated to this many tokens (CLIP: 77).
         cache: memoise embeddings per distinct string (CPU float32); only for a frozen tower (``frozen: true``),
             like ``hf-text``'s cache.
@@ -54,19 +98,27 @@ class CLIPTextTower(nn.Module):
     A list item (several strings) is embedded as the mean of its strings' embeddings.
     """
 
-    def __init__(self, path: str, tokenizer_path: Optional[str] = None, max_length: Annotated[int, AT_LEAST_ONE] = 77,
-                 cache: bool = False):
+    def __init__(self, path: Optional[str] = None, tokenizer_path: Optional[str] = None,
+                 max_length: Annotated[int, AT_LEAST_ONE] = 77, cache: bool = False,
+                 config: Optional[Dict[str, Any]] = None, padding: Annotated[str, OneOf(TEXT_PADDINGS)] = "longest"):
         super().__init__()
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+        from transformers import AutoTokenizer
 
+        _one_source(path, config, "hf-clip-text")
+        if tokenizer_path is None and path is None:
+            raise ConfigError("hf-clip-text built from config needs tokenizer_path (a local tokenizer folder)")
+        if padding not in TEXT_PADDINGS:
+            raise ConfigError(f"hf-clip-text padding must be one of {', '.join(TEXT_PADDINGS)}; got {padding!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(
             _clip_folder(tokenizer_path or path, "tokenizer_path" if tokenizer_path else "path"), local_files_only=True)
-        self.model = _clip_half(CLIPTextModelWithProjection, _clip_folder(path, "path"), "text")
+        self.model, self.family = _clip_half(path, config, "text", "hf-clip-text")
         positions = int(self.model.config.max_position_embeddings)
         if max_length > positions:
             raise ConfigError(f"hf-clip-text max_length {max_length} exceeds the model's {positions} positions")
-        self.max_length, self.cache = int(max_length), bool(cache)
-        self.output_dim = int(self.model.config.projection_dim)
+        self.max_length, self.cache, self.padding = int(max_length), bool(cache), padding
+        cfg = self.model.config
+        self.output_dim = int(cfg.projection_dim if self.family == "clip" else
+                              getattr(cfg, "projection_size", None) or cfg.hidden_size)
         self._cached: Dict[str, Tensor] = {}
 
     @property
@@ -74,10 +126,11 @@ class CLIPTextTower(nn.Module):
         return next(self.model.parameters()).device
 
     def _embed(self, texts: Sequence[str]) -> Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+        batch = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        return self.model(**batch).text_embeds
+        keys = ("input_ids", "attention_mask") if self.family == "clip" else ("input_ids",)
+        out = self.model(**{k: v.to(self.device) for k, v in batch.items() if k in keys})
+        return out.text_embeds if self.family == "clip" else out.pooler_output
 
     def forward(self, texts: Sequence[TextItem]) -> Tensor:
         """``(B, output_dim)``; with ``cache`` only unseen strings run through the model (without gradients)."""
@@ -98,20 +151,21 @@ class CLIPTextTower(nn.Module):
 
 @ENCODERS.register("hf-clip-vision")
 class CLIPVisionTower(nn.Module):
-    """The image half of a local Hugging Face CLIP (``CLIPVisionModelWithProjection``).
+    """The image half of a local Hugging Face CLIP (``CLIPVisionModelWithProjection``) or SigLIP
+    (``SiglipVisionModel``).
 
-    ``forward(images (B, 3, H, W)) -> (B, projection_dim)`` CLIP image embeddings; ``forward_tokens`` gives the
-    patch tokens ``(B, N, hidden)`` (CLS dropped). Inputs must be normalised with CLIP's mean/std (set the
+    ``forward(images (B, 3, H, W)) -> (B, projection_dim)`` CLIP image embeddings (SigLIP: ``(B, hidden)`` pooled
+    output); ``forward_tokens`` gives the patch tokens ``(B, N, hidden)`` (CLIP's CLS dropped). Inputs must be normalised with CLIP's mean/std (set the
     dataset's ``image_mean``/``image_std``); other sizes than the model's ``image_size`` are resized bilinearly.
+    ``config``: instead of ``path``, the vision half's config dict (randomly initialised).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: Optional[str] = None, config: Optional[Dict[str, Any]] = None):
         super().__init__()
-        from transformers import CLIPVisionModelWithProjection
-
-        self.model = _clip_half(CLIPVisionModelWithProjection, _clip_folder(path, "path"), "vision")
+        self.model, self.family = _clip_half(path, config, "vision", "hf-clip-vision")
         self.image_size = int(self.model.config.image_size)
-        self.output_dim = int(self.model.config.projection_dim)
+        cfg = self.model.config
+        self.output_dim = int(cfg.projection_dim if self.family == "clip" else cfg.hidden_size)
 
     def _pixels(self, images: Tensor) -> Tensor:
         check_image(images, 2, int(self.model.config.num_channels), "hf-clip-vision")
@@ -121,10 +175,13 @@ class CLIPVisionTower(nn.Module):
         return images
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model(pixel_values=self._pixels(images)).image_embeds
+        out = self.model(pixel_values=self._pixels(images))
+        return out.image_embeds if self.family == "clip" else out.pooler_output
 
     def forward_tokens(self, images: Tensor) -> Tensor:
-        return self.model(pixel_values=self._pixels(images)).last_hidden_state[:, 1:]
+        """``(B, N, hidden)`` patch tokens (CLIP's class token dropped; SigLIP has none)."""
+        hidden = self.model(pixel_values=self._pixels(images)).last_hidden_state
+        return hidden[:, 1:] if self.family == "clip" else hidden
 
 
 __all__ = ["CLIPTextTower", "CLIPVisionTower"]

@@ -114,31 +114,47 @@ class SmallCNN(FeatureMapEncoder):
         return self.body(x)
 
 
-RESNET_DEPTHS = (10, 18, 34, 50)
+RESNET_DEPTHS = (10, 18, 34, 50, 101, 152)
+RESNET_WIDTHS = (64, 128, 256, 512)
+RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
+                 152: [3, 8, 36, 3]}  # blocks per stage, as MONAI's resnet10 ... resnet152
 
 
 @ENCODERS.register("monai-resnet")
 class MonaiResNet(FeatureMapEncoder):
-    """MONAI's ResNet without the classifier; ``output_dim`` 512 (depth 10/18/34) or 2048 (50), x2 for ``avgmax``.
+    """MONAI's ResNet without the classifier; ``output_dim`` ``widths[3]`` (depth 10/18/34: 512) or
+    ``4 * widths[3]`` (50/101/152: 2048), x2 for ``avgmax``.
 
     ``conv1_t_size``/``conv1_t_stride``/``no_max_pool`` shape the stem (stride 1 and no max-pool keep small
     inputs large). ``weights``: optional local file with a MONAI ResNet state dict (e.g. MedicalNet, 3D,
-    ``in_channels=1``); weights are never downloaded.
+    ``in_channels=1``); weights are never downloaded. ``widths``: the planes of the four stages (the stem has
+    ``widths[0]`` channels). ``bias_downsample``: a bias on the 1x1 shortcut convolutions (MONAI's default);
+    with ``bias_downsample=False`` and the default stem the network is torchvision's ResNet (v1.5: stride on the
+    3x3 convolution, 3x3/2 max-pool, shortcut B), key for key (``alignkit import-weights torchvision-resnet``).
     """
 
     def __init__(self, depth: Annotated[int, OneOf(RESNET_DEPTHS)] = 18, spatial_dims: SpatialDims = 2,
                  in_channels: Channels = 3, pool: Pool = "avg", conv1_t_size: Annotated[int, AT_LEAST_ONE] = 7,
                  conv1_t_stride: Annotated[int, AT_LEAST_ONE] = 2, no_max_pool: bool = False,
-                 weights: Optional[str] = None):
+                 weights: Optional[str] = None,
+                 widths: Sequence[Annotated[int, AT_LEAST_ONE]] = RESNET_WIDTHS, bias_downsample: bool = True):
         from monai.networks.nets import resnet
 
         super().__init__(spatial_dims, in_channels, pool)
         check_choice(depth, RESNET_DEPTHS, "monai-resnet depth")
+        if len(widths) != 4 or any(int(w) < 1 for w in widths):
+            raise ConfigError(f"monai-resnet widths are the planes of its 4 stages (e.g. [64, 128, 256, 512]); "
+                              f"got {list(widths)}")
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"monai-resnet weights '{weights}' is not a file; give a local state-dict path")
-        self.net = getattr(resnet, f"resnet{depth}")(
-            pretrained=str(weights) if weights else False, spatial_dims=spatial_dims, n_input_channels=in_channels,
-            conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool, feed_forward=False)
+        self.net = resnet.ResNet(
+            resnet.ResNetBlock if depth < 50 else resnet.ResNetBottleneck, RESNET_LAYERS[depth],
+            [int(w) for w in widths], spatial_dims=spatial_dims, n_input_channels=in_channels,
+            conv1_t_size=conv1_t_size, conv1_t_stride=conv1_t_stride, no_max_pool=no_max_pool, feed_forward=False,
+            bias_downsample=bias_downsample)
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            self.net.load_state_dict({k.replace("module.", ""): v for k, v in state.items()}, strict=True)
         self.map_channels = self.net.in_planes
 
     def feature_map(self, x: Tensor) -> Tensor:

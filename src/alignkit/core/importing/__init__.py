@@ -80,9 +80,18 @@ class WeightMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the alignkit module it is loaded into."""
 
 
-def _listing(title: str, items: List[str]) -> str:
-    more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-    return f"  {title} ({len(items)}): " + ", ".join(items[:SHOWN]) + more
+def mismatch_error(source: str, owner: str, missing: List[str], unexpected: List[str], misshaped: List[str],
+                   advice: str) -> WeightMismatchError:
+    """The error for a checkpoint that does not fit ``owner``: counts, then the first :data:`SHOWN` keys of each
+    kind (a mis-shaped entry with both shapes), then ``advice``."""
+    lines = [f"{source}: the checkpoint does not fit {owner} ({len(missing)} missing, {len(unexpected)} "
+             f"unexpected, {len(misshaped)} mis-shaped keys):"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:SHOWN]) + more)
+    lines.append(f"  {advice}")
+    return WeightMismatchError("\n".join(lines))
 
 
 def compare_state_dict(module: nn.Module, state: Mapping[str, Tensor]) -> Tuple[List[str], List[str], List[str]]:
@@ -104,14 +113,9 @@ def match_state_dict(module: nn.Module, state: Mapping[str, Tensor], *, source: 
     missing, unexpected, misshaped = compare_state_dict(module, state)
     left = sorted(missing + unexpected + [m.split(":")[0] for m in misshaped])
     if left and not allow_partial:
-        lines = [f"{source}: the checkpoint does not fit {type(module).__name__} "
-                 f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped keys):"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                lines.append(_listing(title, items))
-        lines.append("  check the format and its options (model config, prefix), or pass --allow-partial to load "
-                     "what fits and see what was left")
-        raise WeightMismatchError("\n".join(lines))
+        raise mismatch_error(source, type(module).__name__, missing, unexpected, misshaped,
+                             "check the format and its options (model config, prefix), or pass --allow-partial to "
+                             "load what fits and see what was left")
     own = module.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     module.load_state_dict(fitting, strict=not left)
@@ -281,6 +285,6 @@ def read_import_report(folder: PathLike) -> Dict[str, Any]:
     return read_json(Path(folder) / "import.json")
 
 
-__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "compare_state_dict",
+__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "mismatch_error", "compare_state_dict",
            "match_state_dict", "import_weights", "load_imported_tower", "ImportedEncoder", "read_import_report",
            "source_files", "image_preprocess"]
