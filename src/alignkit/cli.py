@@ -63,6 +63,10 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def _load(args: argparse.Namespace):
     from alignkit.core.config import load_config, resolve_config_path
+    folder = getattr(args, "model", None)
+    if folder:  # eval --model: the folder's model replaces the config's (whose tower paths may be unset)
+        from alignkit.core.api import folder_model_config
+        return load_config(resolve_config_path(args.config), args.overrides, model=folder_model_config(folder))
     return load_config(resolve_config_path(args.config), args.overrides)
 
 

@@ -180,22 +180,35 @@ class AlignedModel:
 
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> "AlignedModel":
-        path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path} is not an alignkit model folder: {cfg_file} is missing "
-                                    f"(create one with `alignkit export RUN --out DIR`)")
-        meta = read_json(cfg_file)
-        model_cfg = meta["model"]
-        assets = meta.get("asset_params") or {}  # imported towers: files copied into the folder
-        for tower, spec in model_cfg["towers"].items():
-            params = spec.get("params", {})
-            for key in {"tokenizer_path", *assets.get(tower, [])}:
-                if isinstance(params.get(key), str):
-                    params[key] = str(path / params[key])
+        meta, model_cfg = _read_folder(Path(path))
         name, params = meta.get("model_class", "alignment"), meta.get("model_params", {})
         module = MODELS.get(name)(model=model_cfg, optim={}, **params)
-        state = load_safetensors(path / "model.safetensors", device=map_location)
+        state = load_safetensors(Path(path) / "model.safetensors", device=map_location)
         module.load_state_dict(state, strict=True)
         return cls(module.to(map_location), {"model": {**model_cfg, "name": name, "params": params},
                                              "preprocess": meta.get("preprocess", {})})
+
+
+def _read_folder(path: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(config.json, its model section with the towers' asset paths made absolute)`` of a model folder."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path} is not an alignkit model folder: {cfg_file} is missing "
+                                f"(create one with `alignkit export RUN --out DIR`)")
+    meta = read_json(cfg_file)
+    model_cfg = meta["model"]
+    assets = meta.get("asset_params") or {}  # imported towers: files copied into the folder
+    for tower, spec in model_cfg["towers"].items():
+        params = spec.get("params", {})
+        for key in {"tokenizer_path", *assets.get(tower, [])}:
+            if isinstance(params.get(key), str):
+                params[key] = str(path / params[key])
+    return meta, model_cfg
+
+
+def folder_model_config(path: str | Path) -> Dict[str, Any]:
+    """The model section of a model folder as a run config writes it (``name``, ``params``, ``embed_dim``,
+    ``towers``, ``objectives``, ``ema``)."""
+    meta, model_cfg = _read_folder(Path(path))
+    return {**model_cfg, "name": meta.get("model_class", "alignment"), "params": meta.get("model_params", {})}

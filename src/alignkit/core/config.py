@@ -220,8 +220,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
-                base: Optional[Dict[str, Any]] = None) -> DictConfig:
-    """Load a YAML run config (or a dict ``base``) onto the :class:`RunConfig` schema, apply overrides, validate."""
+                base: Optional[Dict[str, Any]] = None, model: Optional[Dict[str, Any]] = None) -> DictConfig:
+    """Load a YAML run config (or a dict ``base``) onto the :class:`RunConfig` schema, apply overrides, validate.
+    ``model`` replaces the config's model section before the overrides (a model folder evaluated with the config's
+    data and evaluators: ``alignkit eval --model``)."""
     schema = OmegaConf.structured(RunConfig)
     cfg = schema
     if base is not None:
@@ -231,6 +233,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    if model is not None:
+        loaded = OmegaConf.to_container(cfg, resolve=False)
+        loaded["model"] = model
+        cfg = _merge(schema, OmegaConf.create(loaded), "the model folder's config.json")
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     validate(cfg)

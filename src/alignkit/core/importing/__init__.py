@@ -80,16 +80,20 @@ class WeightMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the alignkit module it is loaded into."""
 
 
+def key_listing(title: str, items: List[str]) -> str:
+    """``  title (n): k1, k2, ... (and m more)``: the first :data:`SHOWN` of ``items``."""
+    more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+    return f"  {title} ({len(items)}): " + ", ".join(items[:SHOWN]) + more
+
+
 def mismatch_error(source: str, owner: str, missing: List[str], unexpected: List[str], misshaped: List[str],
                    advice: str) -> WeightMismatchError:
     """The error for a checkpoint that does not fit ``owner``: counts, then the first :data:`SHOWN` keys of each
     kind (a mis-shaped entry with both shapes), then ``advice``."""
     lines = [f"{source}: the checkpoint does not fit {owner} ({len(missing)} missing, {len(unexpected)} "
              f"unexpected, {len(misshaped)} mis-shaped keys):"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-            lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:SHOWN]) + more)
+    lines += [key_listing(title, items) for title, items in
+              (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
     lines.append(f"  {advice}")
     return WeightMismatchError("\n".join(lines))
 
@@ -285,6 +289,6 @@ def read_import_report(folder: PathLike) -> Dict[str, Any]:
     return read_json(Path(folder) / "import.json")
 
 
-__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "mismatch_error", "compare_state_dict",
+__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "key_listing", "mismatch_error", "compare_state_dict",
            "match_state_dict", "import_weights", "load_imported_tower", "ImportedEncoder", "read_import_report",
            "source_files", "image_preprocess"]

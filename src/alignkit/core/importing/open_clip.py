@@ -30,9 +30,9 @@ from torch import Tensor
 
 import alignkit.core.encoders.clip_text  # noqa: F401  (registers the towers this format builds)
 import alignkit.core.encoders.clip_vit  # noqa: F401
-import alignkit.core.encoders.convnext  # noqa: F401
+import alignkit.core.encoders.convnext  # noqa: F401  (registers convnext)
 from alignkit.core.checkpoints import load_safetensors, load_torch_checkpoint, read_json
-from alignkit.core.importing import ImportedModel, ImportedTower, WeightMismatchError, _listing
+from alignkit.core.importing import ImportedModel, ImportedTower, WeightMismatchError, key_listing
 from alignkit.core.registry import IMPORTERS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -61,7 +61,7 @@ class _Checkpoint:
     def need(self, part: Mapping[str, Tensor], key: str, where: str) -> Tensor:
         if key not in part:
             raise WeightMismatchError(f"{self.source}: the checkpoint has no '{where}{key}', which alignkit needs to "
-                                      f"read the tower's architecture\n{_listing('missing', [where + key])}\n"
+                                      f"read the tower's architecture\n{key_listing('missing', [where + key])}\n"
                                       f"  check that the checkpoint and model_config belong together")
         return part[key]
 
@@ -390,7 +390,7 @@ def import_open_clip(src: Path, *, allow_partial: bool = False, model_config: Op
     rest = sorted(set(ck.state) - ck.used - {"attn_mask"})
     if rest and not allow_partial:
         raise WeightMismatchError(f"{ckpt}: {len(rest)} checkpoint keys belong to no imported tower\n"
-                                  f"{_listing('unexpected', rest)}\n  check model_config, or pass --allow-partial")
+                                  f"{key_listing('unexpected', rest)}\n  check model_config, or pass --allow-partial")
     return ImportedModel(format="open-clip", source=str(ckpt), towers={"image": image, "text": text},
                          embed_dim=int(model_cfg["embed_dim"]), loss=loss, loss_params=loss_params,
                          loss_state=loss_state, notes=notes, left=rest)

@@ -44,15 +44,22 @@ _IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", *_DICOM_FIELDS)
 # what the dataset's parameters accept (checked when a config is loaded; the decoder and readers check them again)
 WindowOption = Union[Annotated[str, OneOf(WINDOWS)], Tuple[float, Annotated[float, Range(gt=1)]]]
 """A named window or a DICOM linear window ``(center, width)`` with ``width > 1`` (:func:`check_window`)."""
-GreyStd = Union[Annotated[float, POSITIVE], Tuple[Annotated[float, POSITIVE]]]
-"""One positive number (grey images), or a list holding one."""
+GreyStd = Union[Annotated[float, POSITIVE], Sequence[Annotated[float, POSITIVE]]]
+"""One positive number, or a list of one per channel (``channels``: 1, or 3 for an RGB tower)."""
+CHANNELS = (1, 3)
 
 
-def _grey_stat(value: Union[float, Sequence[float]], name: str) -> float:
+def _channel_stat(value: Union[float, Sequence[float]], name: str, channels: int) -> Union[float, Tuple[float, ...]]:
+    """``mean``/``std`` as one float (grey, ``channels=1``) or a 3-tuple (``channels=3``; one number is used for all
+    three)."""
     values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) != 1:
-        raise ConfigError(f"cxr {name} is one number (grey images), got {value!r}")
-    return values[0]
+    if channels == 1:
+        if len(values) != 1:
+            raise ConfigError(f"cxr {name} is one number for grey images (channels: 1), got {value!r}")
+        return values[0]
+    if len(values) not in (1, 3):
+        raise ConfigError(f"cxr {name} is one number or three (channels: 3), got {value!r}")
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,9 @@ class XRayReportDecoder:
 
     Sample: ``image`` float Tensor ``(1, S, S)`` = ``(decode_xray(bytes, image_size=S, window) - mean) / std``
     (the :func:`~alignkit.domains.medical.xray.images.load_xray` decoding, bone bright in ``[0, 1]`` before
-    normalising); ``text`` the report (``text_mode="report"``) or its sentences
+    normalising); with ``channels=3`` (an RGB tower such as BiomedCLIP's or an ImageNet ResNet) the grey image is
+    repeated into ``(3, S, S)`` and each channel normalised with its own ``mean[c]``, ``std[c]``, as those models'
+    preprocessing converts a grey radiograph to RGB; ``text`` the report (``text_mode="report"``) or its sentences
     (:func:`~alignkit.domains.medical.reports.split_sentences`, ``"sentences"``), absent when the archive has no
     reports; ``labels`` float Tensor ``(C,)`` in ``{0, 1, -1 = ignore}``; ``id`` the image id; ``group`` the
     study index (images of one study share it).
@@ -69,9 +78,10 @@ class XRayReportDecoder:
 
     image_size: int = 224
     window: Window = "auto"
-    mean: float = 0.5
-    std: float = 0.5
+    mean: Union[float, Tuple[float, ...]] = 0.5
+    std: Union[float, Tuple[float, ...]] = 0.5
     text_mode: str = "report"
+    channels: int = 1
 
     def __post_init__(self) -> None:
         check_choice(self.text_mode, TEXT_MODES, "cxr text_mode")
@@ -79,9 +89,10 @@ class XRayReportDecoder:
             raise ConfigError(f"cxr image_size must be positive, got {self.image_size}")
         window = self.window if isinstance(self.window, str) else tuple(self.window)
         object.__setattr__(self, "window", check_window(window))
-        object.__setattr__(self, "mean", _grey_stat(self.mean, "mean"))
-        object.__setattr__(self, "std", _grey_stat(self.std, "std"))
-        if self.std <= 0:
+        check_choice(self.channels, CHANNELS, "cxr channels")
+        object.__setattr__(self, "mean", _channel_stat(self.mean, "mean", self.channels))
+        object.__setattr__(self, "std", _channel_stat(self.std, "std", self.channels))
+        if min(self.std if isinstance(self.std, tuple) else (self.std,)) <= 0:
             raise ConfigError(f"cxr std must be positive, got {self.std}")
 
     def __call__(self, raw: RawRecord) -> Dict[str, Any]:
@@ -93,7 +104,12 @@ class XRayReportDecoder:
         where = meta["where"] + (f", shard {raw['__url__']}" if "__url__" in raw else "")
         pixels = decode_xray(bytes(raw[field]), name=f"'{meta['id']}' ({where})",  # type: ignore[arg-type]
                              dicom=field in _DICOM_FIELDS, image_size=self.image_size, window=self.window)
-        image = (torch.from_numpy(pixels).unsqueeze(0) - self.mean) / self.std
+        image = torch.from_numpy(pixels).unsqueeze(0)
+        if self.channels == 1:
+            image = (image - self.mean) / self.std
+        else:
+            mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+            image = (image.expand(3, -1, -1) - mean) / std
         sample: Dict[str, Any] = {"image": image}
         if "txt" in raw:
             report = raw_text(raw["txt"])
@@ -130,7 +146,7 @@ class XRayReportDataset(PairedDataset):
             ``"csv"`` (:class:`~alignkit.domains.medical.xray.archives.GenericCsvReader`: ``csv`` + ``root`` and the
             ``*_column`` parameters).
         split: the archive's split (MIMIC: ``train``/``validate``/``test``); None keeps every image.
-        image_size, window, mean, std, text_mode: the decoder's (:class:`XRayReportDecoder`).
+        image_size, window, mean, std, text_mode, channels: the decoder's (:class:`XRayReportDecoder`).
         frontal_only, uncertain, blank, skip_bad, verify_images, report_sections, report_rule: the readers'
             options (:class:`~alignkit.domains.medical.xray.records.XRayRecordReader`; ``frontal_only`` defaults to
             True here, as ConVIRT and GLoRIA train on frontal views); ``uncertain="ignore"`` and blank cells
@@ -167,11 +183,12 @@ class XRayReportDataset(PairedDataset):
                  report_column: Optional[str] = None,
                  report_is_path: bool = False, split_column: Optional[str] = None, view_column: Optional[str] = None,
                  study_column: Optional[str] = None, subject_column: Optional[str] = None,
-                 mean: Union[float, Tuple[float]] = 0.5, std: GreyStd = 0.5,
-                 masks_csv: Optional[str] = None, mask_classes: Optional[Sequence[str]] = None):
+                 mean: Union[float, Sequence[float]] = 0.5, std: GreyStd = 0.5,
+                 channels: Annotated[int, OneOf(CHANNELS)] = 1, masks_csv: Optional[str] = None, mask_classes: Optional[Sequence[str]] = None):
         super().__init__(params=locals())
         check_choice(layout, LAYOUTS, "cxr layout")
-        self._decoder = self.decoder(image_size=image_size, window=window, mean=mean, std=std, text_mode=text_mode)
+        self._decoder = self.decoder(image_size=image_size, window=window, mean=mean, std=std, text_mode=text_mode,
+                                     channels=channels)
         self.layout = layout
         self.class_names: List[str] = list(DEFAULT_LABELS[layout] if label_columns is None else label_columns)
         self.reader = self._reader(layout, root, csv, images_dir, reports_root, image_extension, split, frontal_only,
@@ -278,6 +295,7 @@ class XRayReportDataset(PairedDataset):
 
     @classmethod
     def decoder(cls, image_size: int = 224, window: Window = "auto", mean: Union[float, Sequence[float]] = 0.5,
-                std: Union[float, Sequence[float]] = 0.5, text_mode: str = "report") -> XRayReportDecoder:
+                std: Union[float, Sequence[float]] = 0.5, text_mode: str = "report",
+                channels: int = 1) -> XRayReportDecoder:
         return XRayReportDecoder(image_size=image_size, window=window, mean=mean,  # type: ignore[arg-type]
-                                 std=std, text_mode=text_mode)  # type: ignore[arg-type]
+                                 std=std, text_mode=text_mode, channels=channels)  # type: ignore[arg-type]
