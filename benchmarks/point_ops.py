@@ -1,25 +1,37 @@
-"""Benchmark alignkit's vectorised point ops against per-sample references and C++/Rust libraries.
+"""Benchmark alignkit's point ops against per-sample references and C++/Rust libraries.
 
 Operations (B clouds of N points on the unit sphere, float32):
 - ``fps``: farthest point sampling N -> M from index 0;
 - ``knn``: the k nearest of N points for M queries;
 - ``ball_query``: the first k points within ``radius`` of M queries (PointNet++ semantics).
 
-Methods: ``reference`` (a straightforward per-sample PyTorch loop, the baseline of every ratio),
-``vectorised`` (``alignkit.domains.pointcloud.ops``, torch backend), ``pytorch3d`` (when importable)
-and, for FPS on CPU, ``open3d`` (``PointCloud.farthest_point_down_sample``, C++), ``fpsample``
-(``fps_sampling``, exact, Rust) and ``fpsample-quickfps`` (``bucket_fps_kdline_sampling``). Library
-inputs (Open3D point clouds, float32 numpy arrays) are built before timing; only the call is timed.
+Methods: ``reference`` (a straightforward per-sample PyTorch loop), ``alignkit-torch`` (the vectorised
+PyTorch path, ``backend="torch"``: the CUDA path and the reference of the other backends),
+``alignkit-auto`` (the default backend: on CPU the compiled loops of ``ops_native``), ``pytorch3d``
+(when importable) and the CPU libraries: for FPS ``open3d`` (``PointCloud.farthest_point_down_sample``,
+C++), ``fpsample`` (``fps_sampling``, exact, Rust) and ``fpsample-quickfps``
+(``bucket_fps_kdline_sampling``, exact FPS but from a start of its own choosing); for kNN
+``ckdtree`` (scipy ``cKDTree`` build + ``query(k)``) and ``open3d-knn`` (``core.nns``
+``knn_index`` + ``knn_search``); for ball query ``ckdtree-all`` (build + ``query_ball_point``,
+returning all neighbours, a superset of the work) and ``open3d-hybrid`` (``hybrid_index`` +
+``hybrid_search(radius, max_knn=k)``: the k nearest inside the ball, not the first k by index). Library
+inputs (Open3D point clouds, numpy arrays in the library's dtype) are built before timing; index and
+tree building are timed.
 
-Every (op, method, device) runs in a fresh subprocess with ``--threads`` intra-op threads (default 1).
-Peak memory: on CPU the growth of the process's peak resident set (``getrusage`` ``ru_maxrss``, so
-allocations inside Open3D/fpsample count too; resolution is a few pages) during the first call
-after the inputs exist, with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` so that memory freed while
-preparing the inputs is returned to the OS rather than silently reused; on CUDA
-``torch.cuda.max_memory_allocated`` above the inputs. Time is the
-median of the following calls. ``agree`` is the fraction of the method's output that matches the
-reference (FPS: sampled indices in the reference's set; kNN: neighbours in the reference's row
-set; ball query: equal entries).
+Every (op, method, device) runs in a fresh subprocess with ``--threads`` intra-op threads (default 1;
+``OMP_NUM_THREADS`` too, and ``workers`` for scipy). ``cpu s`` is the process CPU time per call (of the
+first call when there are no repeats), which shows a library that uses more threads than asked. Peak
+memory: on CPU the growth of the process's peak resident set (``getrusage`` ``ru_maxrss``, so
+allocations inside Open3D/fpsample count too; resolution is a few pages) during the first call after the
+inputs exist, with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` so that memory freed while preparing the
+inputs is returned to the OS rather than silently reused; on CUDA ``torch.cuda.max_memory_allocated``
+above the inputs. Time is the median of the following calls. ``vs ref`` is the time ratio to the
+per-sample reference; ``vs lib`` the ratio to the fastest library method of the same op and device whose
+result agrees with the reference (agree >= 0.999); ``cpu vs lib`` the same for CPU time (steadier on a
+shared machine). ``agree`` is the fraction of the method's output that matches the reference (FPS:
+sampled indices in the reference's set; kNN, open3d-hybrid: neighbours in the reference's row set; ball
+query: equal entries, ``ckdtree-all`` cut to the first k by index and padded as PointNet++ does, outside
+the timing).
 
     python benchmarks/point_ops.py            # B=32, N=8192, M=1024, k=32, radius 0.2
     python benchmarks/point_ops.py --quick    # B=8, N=2048, M=256, k=16
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import resource
@@ -43,7 +56,9 @@ import numpy as np
 import torch
 
 OPS = ("fps", "knn", "ball_query")
-CPU_LIBRARY_FPS = ("open3d", "fpsample", "fpsample-quickfps")
+CPU_LIBRARIES = {"fps": ("open3d", "fpsample", "fpsample-quickfps"), "knn": ("ckdtree", "open3d-knn"),
+                 "ball_query": ("ckdtree-all", "open3d-hybrid")}
+LIBRARY_MODULE = {"open3d": "open3d", "fpsample": "fpsample", "ckdtree": "scipy"}
 
 
 # ---------------------------------------------------------------- per-sample PyTorch references
@@ -94,19 +109,32 @@ def open3d_fps_indices(clouds: List[object], xyz: np.ndarray, npoint: int) -> np
     return np.array(out)
 
 
+def first_k_padded(neighbours: List[List[int]], k: int) -> np.ndarray:
+    """cKDTree's all-neighbour lists -> (M, k) PointNet++ rows: first k by index, padded with the first."""
+    rows = []
+    for row in neighbours:
+        row = sorted(row)[:k] or [-1]
+        rows.append(row + [row[0]] * (k - len(row)))
+    return np.array(rows)
+
+
 def build_call(op: str, method: str, device: str, a: argparse.Namespace) -> Callable[[], object]:
     """A zero-argument call doing the work of ``method`` on prepared inputs."""
     from alignkit.domains.pointcloud import ops
 
     xyz = make_clouds(a.batch, a.points).to(device)
     query = xyz[:, : a.npoint]
+    arrays = [np.ascontiguousarray(c) for c in xyz.cpu().numpy()]
+    backend = {"alignkit-torch": "torch", "alignkit-auto": "auto", "pytorch3d": "pytorch3d"}.get(method)
+    if method.startswith("ckdtree"):
+        from scipy.spatial import cKDTree
+    if method.startswith("open3d-"):
+        import open3d.core as o3c
     if op == "fps":
         if method == "reference":
             return lambda: fps_reference(xyz, a.npoint)
-        if method in ("vectorised", "pytorch3d"):
-            backend = "torch" if method == "vectorised" else "pytorch3d"
+        if backend:
             return lambda: ops.farthest_point_sample(xyz, a.npoint, backend=backend)
-        arrays = [np.ascontiguousarray(c) for c in xyz.cpu().numpy()]
         if method == "open3d":
             import open3d as o3d
             clouds = [o3d.geometry.PointCloud(o3d.utility.Vector3dVector(c.astype(np.float64))) for c in arrays]
@@ -120,11 +148,38 @@ def build_call(op: str, method: str, device: str, a: argparse.Namespace) -> Call
     if op == "knn":
         if method == "reference":
             return lambda: knn_reference(query, xyz, a.k)
-        backend = "torch" if method == "vectorised" else "pytorch3d"
-        return lambda: ops.knn(query, xyz, a.k, backend=backend)[1]
+        if backend:
+            return lambda: ops.knn(query, xyz, a.k, backend=backend)[1]
+        if method == "ckdtree":
+            pts = [c.astype(np.float64) for c in arrays]
+            return lambda: np.stack([cKDTree(p).query(p[: a.npoint], a.k, workers=a.threads)[1] for p in pts])
+
+        def open3d_knn() -> np.ndarray:
+            out = []
+            for c in arrays:
+                nns = o3c.nns.NearestNeighborSearch(o3c.Tensor.from_numpy(c))
+                nns.knn_index()
+                out.append(nns.knn_search(o3c.Tensor.from_numpy(c[: a.npoint]), a.k)[0].numpy())
+            return np.stack(out)
+        return open3d_knn
     if method == "reference":
         return lambda: ball_query_reference(query, xyz, a.radius, a.k)
-    return lambda: ops.ball_query(query, xyz, a.radius, a.k)
+    if backend:
+        if "backend" in inspect.signature(ops.ball_query).parameters:
+            return lambda: ops.ball_query(query, xyz, a.radius, a.k, backend=backend)
+        return lambda: ops.ball_query(query, xyz, a.radius, a.k)  # alignkit before the backend argument
+    if method == "ckdtree-all":
+        pts = [c.astype(np.float64) for c in arrays]
+        return lambda: [cKDTree(p).query_ball_point(p[: a.npoint], a.radius, workers=a.threads) for p in pts]
+
+    def open3d_hybrid() -> np.ndarray:
+        out = []
+        for c in arrays:
+            nns = o3c.nns.NearestNeighborSearch(o3c.Tensor.from_numpy(c))
+            nns.hybrid_index(a.radius)
+            out.append(nns.hybrid_search(o3c.Tensor.from_numpy(c[: a.npoint]), a.radius, a.k)[0].numpy())
+        return np.stack(out)
+    return open3d_hybrid
 
 
 def peak_bytes(device: str) -> int:
@@ -149,29 +204,36 @@ def measure(op: str, method: str, device: str, a: argparse.Namespace, out_path: 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device == "cuda" else peak_bytes(device)
+    cpu_start = time.process_time()
     first, result = timed()
+    cpu_first = time.process_time() - cpu_start
     peak = peak_bytes(device) - base
     times: List[float] = []
+    cpu_start = time.process_time()
     while len(times) < a.repeats and sum(times) + first < a.budget:
         times.append(timed()[0])
+    cpu = (time.process_time() - cpu_start) / len(times) if times else cpu_first
     if method == "open3d":
         result = open3d_fps_indices(result, make_clouds(a.batch, a.points).numpy(), a.npoint)
+    if method == "ckdtree-all":
+        result = np.stack([first_k_padded(rows, a.k) for rows in result])
     np.save(out_path, np.asarray(result.cpu() if isinstance(result, torch.Tensor) else result, dtype=np.int64))
-    return {"time": statistics.median(times or [first]), "runs": max(1, len(times)), "peak": peak}
+    return {"time": statistics.median(times or [first]), "runs": max(1, len(times)), "peak": peak, "cpu": cpu}
 
 
 # ---------------------------------------------------------------- driver
 def methods(op: str, device: str) -> List[str]:
-    names = ["reference", "vectorised"]
+    names = ["reference", "alignkit-torch", "alignkit-auto"]
     if importlib.util.find_spec("pytorch3d") is not None and op != "ball_query":
         names.append("pytorch3d")
-    if op == "fps" and device == "cpu":
-        names += [m for m in CPU_LIBRARY_FPS if importlib.util.find_spec(m.split("-")[0]) is not None]
+    if device == "cpu":
+        names += [m for m in CPU_LIBRARIES[op]
+                  if importlib.util.find_spec(LIBRARY_MODULE.get(m.split("-")[0], m)) is not None]
     return names
 
 
-def agreement(op: str, out: np.ndarray, ref: np.ndarray) -> float:
-    if op == "ball_query":
+def agreement(op: str, method: str, out: np.ndarray, ref: np.ndarray) -> float:
+    if op == "ball_query" and method != "open3d-hybrid":
         return float((out == ref).mean())
     rows_out, rows_ref = out.reshape(-1, out.shape[-1]), ref.reshape(-1, ref.shape[-1])
     return float(np.mean([len(set(o) & set(r)) / len(r) for o, r in zip(rows_out.tolist(), rows_ref.tolist())]))
@@ -189,7 +251,8 @@ def run_worker(op: str, method: str, device: str, a: argparse.Namespace, out_pat
     cmd = [sys.executable, __file__, "--worker", op, method, device, out_path, "--batch", str(a.batch),
            "--points", str(a.points), "--npoint", str(a.npoint), "--k", str(a.k), "--radius", str(a.radius),
            "--repeats", str(a.repeats), "--budget", str(a.budget), "--threads", str(a.threads)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}  # freed blocks go back to the OS
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024),  # freed blocks go back to the OS
+           "OMP_NUM_THREADS": str(a.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"worker {op} {method} {device} failed:\n{done.stderr}")
@@ -198,25 +261,37 @@ def run_worker(op: str, method: str, device: str, a: argparse.Namespace, out_pat
 
 def benchmark(a: argparse.Namespace) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    header = ["op", "device", "method", "time s (runs)", "time ratio", "peak memory", "memory ratio", "agree"]
+    header = ["op", "device", "method", "time s (runs)", "cpu s", "vs ref", "vs lib", "cpu vs lib", "peak memory",
+              "memory ratio", "agree"]
     rows: List[List[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for op in OPS:
             for device in devices:
-                ref: Optional[Dict[str, object]] = None
+                results: Dict[str, Dict[str, object]] = {}
+                ref_out: Optional[np.ndarray] = None
                 for method in methods(op, device):
                     print(f"running {op} {device} {method} ...", file=sys.stderr, flush=True)
                     path = str(Path(tmp) / f"{op}-{device}-{method}.npy")
                     res = run_worker(op, method, device, a, path)
                     out = np.load(path)
                     if method == "reference":
-                        ref, ref_out = res, out
+                        ref_out = out
+                    results[method] = {**res, "agree": agreement(op, method, out, ref_out)}
+                ref = results["reference"]
+                libraries = [r for m, r in results.items()
+                             if m in CPU_LIBRARIES[op] + ("pytorch3d",) and r["agree"] >= 0.999]
+                fastest = min(libraries, key=lambda r: r["time"]) if libraries else None
+                cheapest = min(libraries, key=lambda r: r["cpu"]) if libraries else None
+                for method, res in results.items():
                     mem_ratio = f"{res['peak'] / ref['peak']:.2f}" if ref["peak"] > 0 else "-"
-                    rows.append([op, device, method, f"{res['time']:.4f} ({res['runs']})",
-                                 f"{res['time'] / ref['time']:.3f}", human_bytes(res["peak"]), mem_ratio,
-                                 f"{agreement(op, out, ref_out):.3f}"])
+                    vs_lib = f"{res['time'] / fastest['time']:.2f}" if fastest else "-"
+                    cpu_vs_lib = f"{res['cpu'] / cheapest['cpu']:.2f}" if cheapest else "-"
+                    rows.append([op, device, method, f"{res['time']:.4f} ({res['runs']})", f"{res['cpu']:.4f}",
+                                 f"{res['time'] / ref['time']:.3f}", vs_lib, cpu_vs_lib, human_bytes(res["peak"]),
+                                 mem_ratio, f"{res['agree']:.4f}"])
     print(f"point ops: B={a.batch}, N={a.points}, M={a.npoint}, k={a.k}, radius={a.radius}, "
-          f"threads={a.threads}; ratios vs the per-sample reference; CPU memory = peak RSS growth (ru_maxrss)")
+          f"threads={a.threads}; vs ref: time / per-sample reference; vs lib: time / fastest agreeing library; "
+          f"CPU memory = peak RSS growth (ru_maxrss)")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
