@@ -6,10 +6,13 @@ fresh subprocess: one forward+backward measures the peak memory (CPU: growth of 
 median time. The table reports the loss and gradient differences to the naive reference
 (``F.cross_entropy`` both ways over the full ``B x B`` logits) and time / peak-memory ratios.
 
-A method whose estimated memory exceeds half the free memory is skipped with the reason.
+On CPU a method whose estimated memory exceeds half the free memory is skipped with the reason. On CUDA
+every method is tried: one that runs out of device memory (the naive loss at B = 65,536 needs about
+5 B^2 float32 = 80 GiB) is reported as ``OOM`` in its row, and the ratios at that size are left empty.
 
-    python benchmarks/contrastive_loss.py            # B = 4096, 16384, 65536
-    python benchmarks/contrastive_loss.py --quick    # B = 4096 only
+    python benchmarks/contrastive_loss.py                  # B = 4096, 16384, 65536 on CPU and CUDA
+    python benchmarks/contrastive_loss.py --quick          # B = 4096 only
+    python benchmarks/contrastive_loss.py --devices cuda --sizes 16384 65536
 """
 from __future__ import annotations
 
@@ -83,7 +86,10 @@ def measure(method: str, device: str, batch: int, dim: int, chunk: int, repeats:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device == "cuda" else peak_bytes(device)
-    seconds, loss = run()
+    try:
+        seconds, loss = run()
+    except torch.cuda.OutOfMemoryError as exc:
+        return {"oom": True, "error": str(exc).splitlines()[0], "peak": peak_bytes(device) - base}
     peak = peak_bytes(device) - base
     times = [seconds]
     while len(times) < repeats and sum(times) < budget_s:
@@ -113,9 +119,14 @@ def estimated_bytes(method: str, batch: int, dim: int, chunk: int) -> int:
 
 def run_subprocess(method: str, device: str, batch: int, args: argparse.Namespace,
                    grads_path: Optional[str]) -> Dict[str, object]:
+    """The worker's result; ``{"error": ...}`` (last line of its stderr) when it failed or was killed."""
     cmd = [sys.executable, __file__, "--worker", method, device, str(batch), str(args.dim), str(args.chunk_size),
            str(args.repeats), str(args.budget), grads_path or ""]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = [line for line in out.stderr.strip().splitlines() if line.strip()] or [f"exit {out.returncode}"]
+        oom = "OutOfMemoryError" in out.stderr or out.returncode == -9
+        return {"error": tail[-1][:200], "oom": oom}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -131,23 +142,29 @@ def measure_all(device: str, batch: int, args: argparse.Namespace, tmp: str, not
     """``{method: result}`` and ``{method: gradients}`` for the methods that fit in memory."""
     results: Dict[str, Dict[str, object]] = {}
     grads: Dict[str, Dict[str, torch.Tensor]] = {}
-    for method in METHODS:
+    for method in args.methods:
         need, free = estimated_bytes(method, batch, args.dim, args.chunk_size), available_bytes(device)
-        if need > free / 2:
+        if device != "cuda" and need > free / 2:  # CUDA: an out-of-memory error is caught and reported
             notes.append(f"{device} B={batch} {method}: skipped, estimated {human_bytes(need)} "
                          f"> half the free memory ({human_bytes(free)} free)")
             continue
         path = str(Path(tmp) / f"{method}.pt")
         print(f"running {device} B={batch} {method} ...", file=sys.stderr, flush=True)
         results[method] = run_subprocess(method, device, batch, args, path)
-        grads[method] = torch.load(path)
+        if "error" in results[method]:
+            kind = "out of memory" if results[method].get("oom") else "failed"
+            notes.append(f"{device} B={batch} {method}: {kind} ({results[method]['error']})")
+        else:
+            grads[method] = torch.load(path)
     return results, grads
 
 
 def table_row(device: str, batch: int, method: str, res: Dict[str, object], ref: Optional[Dict[str, object]],
               grads: Dict[str, Dict[str, torch.Tensor]]) -> List[str]:
+    if "error" in res:
+        return [device, str(batch), method, "-", "-", "OOM" if res.get("oom") else "FAILED", "-", "-", "-"]
     loss_diff = grad_diff = time_ratio = mem_ratio = "-"
-    if ref is not None:
+    if ref is not None and "error" not in ref:
         loss_diff = f"{abs(res['loss'] - ref['loss']):.1e}"
         grad_diff = f"{max(float((grads[method][k] - grads['naive'][k]).abs().max()) for k in grads[method]):.1e}"
         time_ratio = f"{res['time'] / ref['time']:.2f}"
@@ -163,8 +180,13 @@ def verdict(device: str, res: Dict[str, object], ref: Dict[str, object]) -> str:
             f"(target <= {TARGET_TIME_RATIO}x: {'met' if seconds <= TARGET_TIME_RATIO else 'NOT met'})")
 
 
-def benchmark(args: argparse.Namespace) -> None:
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HEADER = ["device", "B", "method", "loss |diff|", "max grad |diff|", "time fwd+bwd s", "time ratio", "peak memory",
+          "memory ratio"]
+
+
+def collect(args: argparse.Namespace) -> Tuple[List[List[str]], List[str]]:
+    """Table rows (:data:`HEADER`) and notes for ``args.devices`` x ``args.sizes`` x ``args.methods``."""
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     sizes = [4096] if args.quick else args.sizes
     rows: List[List[str]] = []
     notes: List[str] = []
@@ -174,18 +196,23 @@ def benchmark(args: argparse.Namespace) -> None:
                 results, grads = measure_all(device, batch, args, tmp, notes)
                 ref = results.get("naive")
                 rows += [table_row(device, batch, method, res, ref, grads) for method, res in results.items()]
-                if batch == TARGET_B and ref is not None and "chunked" in results:
+                ok = ref is not None and "error" not in ref and "error" not in results.get("chunked", {"error": 1})
+                if batch == TARGET_B and ok:
                     notes.append(verdict(device, results["chunked"], ref))
     if TARGET_B not in sizes:
         notes.append(f"targets are judged at B={TARGET_B}: run without --quick")
+    return rows, notes
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    rows, notes = collect(args)
     print_table(rows, args)
     for line in notes:
         print(line)
 
 
 def print_table(rows: List[List[str]], args: argparse.Namespace) -> None:
-    header = ["device", "B", "method", "loss |diff|", "max grad |diff|", "time fwd+bwd s", "time ratio",
-              "peak memory", "memory ratio"]
+    header = HEADER
     title = f"CLIP loss, D={args.dim}, chunk_size={args.chunk_size}, ratios vs naive"
     try:
         from rich.console import Console
@@ -210,14 +237,21 @@ def main() -> None:
         print(json.dumps(measure(method, device, int(batch), int(dim), int(chunk), int(repeats), float(budget),
                                  grads_path or None)))
         return
+    benchmark(parse())
+
+
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="B = 4096 only")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), help="default: cpu, and cuda when available")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="naive first: the reference")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median)")
     parser.add_argument("--budget", type=float, default=120.0, help="stop adding timed runs after this many seconds")
-    benchmark(parser.parse_args())
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ backward + AdamW step on ``mean(embedding^2)`` (a stand-in objective; a contrast
 batch costs next to nothing beside the tower). Throughput is clouds/s over ``--steps`` timed steps
 after ``--warmup`` steps.
 
-Model FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward +
-backward: matmuls, convolutions and attention only, so elementwise ops, normalisation, max pooling,
+Model FLOPs per step are counted by :func:`alignkit.core.flops.step_flops` (``FlopCounterMode``) over one
+forward + backward: matmuls, convolutions and attention only, so elementwise ops, normalisation, max pooling,
 FPS and neighbour search are free in this count and the fraction is a lower bound of the hardware's
 use. The reference is the FLOP/s of a large float32 matmul (``--matmul-size``^3, best of 5) measured in
 the same run with the same ``--threads`` (default 1: the machine is shared).
@@ -22,25 +22,13 @@ import time
 from typing import List, Optional
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import alignkit.domains.pointcloud.models  # noqa: F401  (registers the towers)
 from alignkit.core.encoders.base import count_parameters
+from alignkit.core.flops import matmul_flops_per_s, step_flops, utilisation
 from alignkit.core.registry import ENCODERS
 
 BACKBONES = ("pointnet2-ssg", "pointbert")
-
-
-def matmul_flops_per_s(size: int) -> float:
-    """Best-of-5 FLOP/s of ``A @ B`` with ``A, B`` float32 ``size x size`` (``2 size^3`` FLOPs)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
 
 
 def clouds(batch: int, points: int, seed: int) -> torch.Tensor:
@@ -59,9 +47,7 @@ def measure(name: str, a: argparse.Namespace) -> dict:
     model = ENCODERS.build(name).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = clouds(a.batch, a.points, seed=0)
-    with FlopCounterMode(display=False) as counter:
-        model(x).pow(2).mean().backward()
-    flops = counter.get_total_flops()
+    flops = step_flops(lambda: model(x).pow(2).mean().backward())
     for _ in range(a.warmup):
         train_step(model, opt, x)
     start = time.perf_counter()
@@ -80,7 +66,8 @@ def benchmark(a: argparse.Namespace) -> None:
         r = measure(name, a)
         achieved = r["flops"] / r["step_s"]
         rows.append([name, f"{r['params'] / 1e6:.2f}M", f"{r['flops'] / a.batch / 1e9:.3f}", f"{r['step_s']:.3f}",
-                     f"{a.batch / r['step_s']:.1f}", f"{achieved / 1e9:.2f}", f"{achieved / peak:.1%}"])
+                     f"{a.batch / r['step_s']:.1f}", f"{achieved / 1e9:.2f}",
+                     f"{utilisation(r['flops'], r['step_s'], peak):.1%}"])
     print(f"training throughput: batch {a.batch} x {a.points} points, AdamW, threads={a.threads}; "
           f"matmul {a.matmul_size}^3 float32: {peak / 1e9:.1f} GFLOP/s")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
