@@ -18,7 +18,7 @@ from typing import Annotated, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
+from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
@@ -45,17 +45,18 @@ class PointFeatures:
 class PointwiseMLP(nn.Sequential):
     """Shared MLP over the last dim, (..., in_dim) -> (..., dims[-1]).
 
-    Each layer is Linear (no bias) - BatchNorm - ReLU; with ``last_linear`` the last layer is a
-    plain Linear with bias (a 1x1 conv in the PointNet papers).
+    Each layer is Linear (no bias; with ``bias`` a bias, as the 1x1 convs of ULIP's code) - BatchNorm - ReLU
+    (layer ``i`` at indices ``3i, 3i+1, 3i+2``); with ``last_linear`` the last layer is a plain Linear with bias
+    (a 1x1 conv in the PointNet papers).
     """
 
-    def __init__(self, in_dim: int, dims: Sequence[int], last_linear: bool = False):
+    def __init__(self, in_dim: int, dims: Sequence[int], last_linear: bool = False, bias: bool = False):
         layers: List[nn.Module] = []
         for i, width in enumerate(dims):
             if last_linear and i == len(dims) - 1:
                 layers.append(nn.Linear(in_dim, int(width)))
             else:
-                layers += [nn.Linear(in_dim, int(width), bias=False), nn.BatchNorm1d(int(width)), nn.ReLU(inplace=True)]
+                layers += [nn.Linear(in_dim, int(width), bias=bias), nn.BatchNorm1d(int(width)), nn.ReLU(inplace=True)]
             in_dim = int(width)
         super().__init__(*layers)
         self.out_dim = in_dim
@@ -65,15 +66,23 @@ class PointwiseMLP(nn.Sequential):
 
 
 class PointEncoder(nn.Module):
-    """Base of the point towers: subclasses set the dims and implement :meth:`features`."""
+    """Base of the point towers: subclasses set the dims and implement :meth:`features`.
+
+    ``feature_fill``: when set, clouds given as xyz only (B, N, 3) get ``in_features`` constant columns of this
+    value (ULIP-2 feeds uncoloured datasets such as ModelNet40 ``rgb = 0.4`` to its xyz+rgb Point-BERT).
+    """
 
     in_features: int
     output_dim: int
     token_dim: int
     dense_dim: int
+    feature_fill: Optional[float] = None
 
     def split(self, points: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """(B, N, 3 + in_features) -> xyz (B, N, 3) and features (B, N, in_features) or None."""
+        if (self.feature_fill is not None and self.in_features and points.dim() == 3 and points.shape[-1] == 3):
+            points = torch.cat([points, points.new_full((*points.shape[:2], self.in_features),
+                                                        float(self.feature_fill))], dim=-1)
         if points.dim() != 3 or points.shape[-1] != 3 + self.in_features:
             raise ValueError(f"{type(self).__name__} (in_features={self.in_features}) expects points of shape "
                              f"(B, N, {3 + self.in_features}) (xyz first); got {tuple(points.shape)}: "
@@ -90,6 +99,9 @@ class PointEncoder(nn.Module):
         return self.features(points).tokens
 
     def forward_dense(self, points: Tensor) -> Tensor:
+        if not self.dense_dim:
+            raise ValueError(f"{type(self).__name__} was built without a dense head (empty fp_mlps / dense_mlp, "
+                             "as an imported ULIP tower): set them to get per-point features")
         return self.features(points, dense=True).dense
 
 
@@ -102,14 +114,17 @@ class SetAbstraction(nn.Module):
     """One PointNet++ SSG level.
 
     ``npoint`` centres c by FPS; for each, ``nsample`` neighbours p by ball query (``radius``);
-    ``f_c = max_p MLP([(p - c) / radius, f_p])``. With ``npoint=None`` the level groups all points
-    around the origin: ``f = max_p MLP([p, f_p])`` and the centre is (0, 0, 0).
+    ``f_c = max_p MLP([(p - c) / radius, f_p])`` (``(p - c)`` unscaled without ``scale_by_radius``, as in
+    ULIP's code). With ``npoint=None`` the level groups all points around the origin:
+    ``f = max_p MLP([p, f_p])`` and the centre is (0, 0, 0).
     """
 
-    def __init__(self, npoint: Optional[int], radius: float, nsample: int, in_channels: int, mlp: Sequence[int]):
+    def __init__(self, npoint: Optional[int], radius: float, nsample: int, in_channels: int, mlp: Sequence[int],
+                 bias: bool = False, scale_by_radius: bool = True):
         super().__init__()
         self.npoint, self.radius, self.nsample = npoint, radius, nsample
-        self.mlp = PointwiseMLP(3 + in_channels, mlp)
+        self.scale = radius if scale_by_radius else 1.0
+        self.mlp = PointwiseMLP(3 + in_channels, mlp, bias=bias)
         self.out_dim = self.mlp.out_dim
 
     def forward(self, xyz: Tensor, feats: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -120,7 +135,7 @@ class SetAbstraction(nn.Module):
         else:
             centres = gather_points(xyz, farthest_point_sample(xyz, self.npoint))
             idx = ball_query(centres, xyz, self.radius, self.nsample)
-            rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.radius
+            rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.scale
             grouped = with_features(rel, None if feats is None else group(feats, idx))
         return centres, self.mlp(grouped).max(dim=2).values
 
@@ -152,36 +167,54 @@ class PointNet2SSG(PointEncoder):
     classification/ULIP size is ``npoints=(512, 128), radii=(0.2, 0.4), nsamples=(32, 64),
     mlps=((64, 64, 128), (128, 128, 256)), global_mlp=(256, 512, 1024)``, with
     ``fp_mlps=((256, 256), (256, 128), (128, 128, 128))`` for segmentation.
+
+    ULIP's ``Pointnet2_Ssg`` (``models/pointnet2/pointnet2.py``, the tower of its released PointNet++ ssg
+    checkpoint) is that size with ``mlp_bias=True`` (1x1 convs with bias), ``scale_by_radius=False`` (offsets
+    ``p - c`` unscaled), ``head_mlp=(512, 256)`` (after the global level: ``Linear - BatchNorm - ReLU -
+    Dropout(head_dropout=0.4)`` per width, ``output_dim = head_mlp[-1]``) and ``fp_mlps=()`` (no dense head).
+    FPS starts at point 0 (ULIP's PyTorch FPS starts at a random point) and the ball holds ``|p - c| < r``
+    (ULIP's ``<= r``: the same for real-valued data).
     """
 
     def __init__(self, in_features: Annotated[int, NON_NEGATIVE] = 0, npoints: Sequence[Count] = (64, 16),
                  radii: Sequence[Annotated[float, POSITIVE]] = (0.2, 0.4), nsamples: Sequence[Count] = (32, 16),
                  mlps: Sequence[Widths] = ((32, 32, 64), (64, 64, 128)), global_mlp: Widths = (128, 256),
-                 fp_mlps: Sequence[Widths] = ((128, 128), (128, 128), (128, 128))):
+                 fp_mlps: Sequence[Widths] = ((128, 128), (128, 128), (128, 128)), mlp_bias: bool = False,
+                 scale_by_radius: bool = True, head_mlp: Sequence[Count] = (),
+                 head_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.4, feature_fill: Optional[float] = None):
         super().__init__()
         if not len(npoints) == len(radii) == len(nsamples) == len(mlps) >= 1:
             raise ConfigError(f"pointnet2-ssg needs npoints, radii, nsamples and mlps of one equal length >= 1; got "
                               f"{len(npoints)}, {len(radii)}, {len(nsamples)}, {len(mlps)}")
-        if len(fp_mlps) != len(npoints) + 1:
+        if len(fp_mlps) not in (0, len(npoints) + 1):
             raise ConfigError(f"pointnet2-ssg needs one fp_mlps entry per set-abstraction level plus one "
-                              f"({len(npoints) + 1}); got {len(fp_mlps)}")
-        self.in_features = in_features
+                              f"({len(npoints) + 1}), or none (no dense head); got {len(fp_mlps)}")
+        self.in_features, self.feature_fill = in_features, feature_fill
         self.levels = nn.ModuleList()
         skip_dims = [3 + in_features]
         channels = in_features
         for npoint, radius, nsample, mlp in zip(npoints, radii, nsamples, mlps):
-            self.levels.append(SetAbstraction(int(npoint), float(radius), int(nsample), channels, mlp))
+            self.levels.append(SetAbstraction(int(npoint), float(radius), int(nsample), channels, mlp, bias=mlp_bias,
+                                              scale_by_radius=scale_by_radius))
             channels = self.levels[-1].out_dim
             skip_dims.append(channels)
-        self.levels.append(SetAbstraction(None, 1.0, 1, channels, global_mlp))
+        self.levels.append(SetAbstraction(None, 1.0, 1, channels, global_mlp, bias=mlp_bias))
+        self.output_dim = self.levels[-1].out_dim
+        self.global_head: Optional[nn.Sequential] = None
+        if head_mlp:
+            layers: List[nn.Module] = []
+            for width in head_mlp:
+                layers += [nn.Linear(self.output_dim, int(width)), nn.BatchNorm1d(int(width)), nn.ReLU(),
+                           nn.Dropout(head_dropout)]
+                self.output_dim = int(width)
+            self.global_head = nn.Sequential(*layers)
         self.propagations = nn.ModuleList()
         channels = self.levels[-1].out_dim
         for skip, mlp in zip(reversed(skip_dims), fp_mlps):
             self.propagations.append(FeaturePropagation(channels, skip, mlp))
             channels = self.propagations[-1].out_dim
-        self.output_dim = self.levels[-1].out_dim
         self.token_dim = skip_dims[-1]
-        self.dense_dim = channels
+        self.dense_dim = channels if fp_mlps else 0
 
     def features(self, points: Tensor, dense: bool = False) -> PointFeatures:
         xyz, feats = self.split(points)
@@ -191,8 +224,11 @@ class PointNet2SSG(PointEncoder):
             c, f = level(centres[-1], level_feats[-1])
             centres.append(c)
             level_feats.append(f)
-        out = PointFeatures(embedding=level_feats[-1][:, 0], tokens=level_feats[-2], token_xyz=centres[-2])
-        if dense:
+        embedding = level_feats[-1][:, 0]
+        if self.global_head is not None:
+            embedding = self.global_head(embedding)
+        out = PointFeatures(embedding=embedding, tokens=level_feats[-2], token_xyz=centres[-2])
+        if dense and self.dense_dim:
             skips = [with_features(xyz, feats)] + level_feats[1:-1]
             known_xyz, known_feat = centres[-1], level_feats[-1]
             for query_xyz, skip, fp in zip(reversed(centres[:-1]), reversed(skips), self.propagations):
