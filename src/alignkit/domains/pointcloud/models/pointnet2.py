@@ -137,7 +137,7 @@ class SetAbstraction(nn.Module):
             idx = ball_query(centres, xyz, self.radius, self.nsample)
             rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.scale
             grouped = with_features(rel, None if feats is None else group(feats, idx))
-        return centres, self.mlp(grouped).max(dim=2).values
+        return centres, self.mlp(grouped).amax(dim=2)  # amax: no argmax indices to store, fill and scatter back
 
 
 class FeaturePropagation(nn.Module):
