@@ -126,6 +126,20 @@ def match_state_dict(module: nn.Module, state: Mapping[str, Tensor], *, source: 
     return left
 
 
+def local_hf_folder(value: Optional[str], what: str, model: str) -> Path:
+    """The local Hugging Face folder ``value`` names for ``what`` (an option or parameter, e.g. ``"voltron option
+    language_model"``): ValueError when it is not given, FileNotFoundError when it holds no ``config.json``. alignkit
+    never downloads; the messages say how to fetch ``model`` once."""
+    if value is None:
+        raise ValueError(f"{what} is required: a local folder of {model} with its config.json and tokenizer files "
+                         f"(e.g. `huggingface-cli download {model} --local-dir <folder>`); alignkit never downloads")
+    folder = Path(value).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{what} '{value}' holds no config.json: give a local folder of {model} with its "
+                                "config.json and tokenizer files")
+    return folder
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -291,4 +305,4 @@ def read_import_report(folder: PathLike) -> Dict[str, Any]:
 
 __all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "key_listing", "mismatch_error", "compare_state_dict",
            "match_state_dict", "import_weights", "load_imported_tower", "ImportedEncoder", "read_import_report",
-           "source_files", "image_preprocess"]
+           "source_files", "image_preprocess", "local_hf_folder"]

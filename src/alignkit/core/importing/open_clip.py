@@ -32,7 +32,7 @@ import alignkit.core.encoders.clip_text  # noqa: F401  (registers the towers thi
 import alignkit.core.encoders.clip_vit  # noqa: F401
 import alignkit.core.encoders.convnext  # noqa: F401  (registers convnext)
 from alignkit.core.checkpoints import load_safetensors, load_torch_checkpoint, read_json
-from alignkit.core.importing import ImportedModel, ImportedTower, WeightMismatchError, key_listing
+from alignkit.core.importing import ImportedModel, ImportedTower, WeightMismatchError, key_listing, local_hf_folder
 from alignkit.core.registry import IMPORTERS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -286,14 +286,7 @@ def _text_transformer(ck: _Checkpoint, tcfg: Mapping[str, Any], quick_gelu: bool
 
 def _hf_text(ck: _Checkpoint, tcfg: Mapping[str, Any], embed_dim: int, tokenizer: Optional[str]) -> ImportedTower:
     name = tcfg["hf_model_name"]
-    if tokenizer is None:
-        raise ValueError(f"open-clip: option tokenizer is required for the Hugging Face text tower '{name}': give a "
-                         f"local folder of that model with its config.json and tokenizer files (e.g. `huggingface-cli "
-                         f"download {name} --local-dir <folder>`)")
-    folder = Path(tokenizer).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"open-clip: option tokenizer '{tokenizer}' must be a local Hugging Face folder with "
-                                f"config.json and tokenizer files of '{name}'")
+    folder = local_hf_folder(tokenizer, f"open-clip option tokenizer (the Hugging Face text tower '{name}')", name)
     pooler = tcfg.get("hf_pooler_type", "mean_pooler")
     if pooler not in TEXT_POOLERS:
         raise ValueError(f"open-clip: hf_pooler_type {pooler!r} is not supported ({', '.join(TEXT_POOLERS)})")

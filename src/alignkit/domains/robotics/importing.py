@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from alignkit.core.checkpoints import read_json
-from alignkit.core.importing import IMPORTERS, ImportedModel, ImportedTower
+from alignkit.core.importing import IMPORTERS, ImportedModel, ImportedTower, local_hf_folder
 from alignkit.domains.robotics.models.voltron.released import (IMAGENET_MEAN, IMAGENET_STD, released_encoder_names)
 
 MODEL_NAMES = {"v-cond": "v-cond", "v-cond-base": "v-cond", "v-dual": "v-dual", "v-dual-base": "v-dual",
@@ -132,14 +132,7 @@ def encoder_params(state: Mapping[str, Tensor], variant: str, heads: Optional[in
 
 
 def _language_folder(option: Optional[str], variant: str) -> Path:
-    if option is None:
-        raise ValueError(f"voltron: a {variant} checkpoint needs language_model=<local DistilBERT folder> "
-                         f"(distilbert-base-uncased: its config.json and tokenizer; alignkit never downloads)")
-    folder = Path(option).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"voltron option language_model={option}: no config.json there; give the local "
-                                f"folder of distilbert-base-uncased")
-    return folder
+    return local_hf_folder(option, f"voltron: a {variant} checkpoint needs language_model=", "distilbert-base-uncased")
 
 
 def _lm_weights_from_folder(folder: Path) -> Dict[str, Tensor]:

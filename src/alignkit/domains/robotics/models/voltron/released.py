@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Annotated, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignkit.core.importing import local_hf_folder
 from alignkit.core.params import NON_NEGATIVE, POSITIVE, OneOf, check_choice
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.robotics.models.inputs import Size
@@ -56,15 +56,10 @@ class PatchEmbed(nn.Module):
 
 
 def _local_language_model(path: Optional[str], variant: str) -> Path:
-    if path is None:
-        raise ConfigError(f"voltron-released {variant} needs language_model: a local folder with DistilBERT's "
-                          f"config.json and tokenizer (e.g. `huggingface-cli download distilbert-base-uncased "
-                          f"--local-dir <folder>`); alignkit never downloads")
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"voltron-released language_model {path!r} holds no config.json: give a local "
-                                f"DistilBERT folder (config.json and tokenizer files)")
-    return folder
+    try:
+        return local_hf_folder(path, f"voltron-released {variant} language_model", "distilbert-base-uncased")
+    except ValueError as exc:  # a config value: reported as a config error
+        raise ConfigError(str(exc)) from None
 
 
 @ENCODERS.register("voltron-released")
