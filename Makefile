@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.alignkit-installed
 DEMO    ?= core
 OUT     ?= runs/demo-$(DEMO)
 PYTEST_ARGS ?= -n 2 --durations=15
-SYSTEM_PACKAGES ?= libusb-1.0-0 libosmesa6
+SYSTEM_PACKAGES ?= libusb-1.0-0 libosmesa6 chromium
 
 .PHONY: setup system-deps demo test clean
 

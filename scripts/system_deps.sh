@@ -3,6 +3,7 @@
 # otherwise name the package to install. Nothing here is needed by the core.
 #   libusb-1.0-0  Open3D imports only with it (point clouds)
 #   libosmesa6    MuJoCo renders on CPU through OSMesa (robotics)
+#   chromium      the tests open the HTML report pages in headless Chromium (through playwright, no browser download)
 #   ffmpeg libs come inside PyAV's wheels; nothing to do here.
 set -u
 needed=()

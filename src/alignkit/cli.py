@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -189,7 +190,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = Path(args.ckpt) if args.ckpt else run / CHECKPOINT_DIR / LAST_CHECKPOINT
     model = load_checkpoint(cfg, ckpt)
     out = AlignedModel(model, to_plain(cfg)).save(Path(args.out))
-    print(f"exported {ckpt} to {out} (config.json, model.safetensors); load it with alignkit.load('{out}')")
+    carried = []
+    for folder in sorted(p for p in run.iterdir() if p.is_dir() and (p / "model_card.json").is_file()):
+        shutil.copytree(folder, out / folder.name, dirs_exist_ok=True)  # e.g. echo_index/: calibration + card
+        carried.append(folder.name)
+    print(f"exported {ckpt} to {out} (config.json, model.safetensors"
+          + "".join(f", {name}/" for name in carried) + f"); load it with alignkit.load('{out}')")
     return 0
 
 

@@ -6,12 +6,17 @@ EchoPrime views incl. the near-duplicate pairs A4C/A5C and A2C/A3C, beating cham
 LV/LA and pericardial effusion, sectioned reports); train ``configs/medical/echo_demo.yaml`` (the (2+1)D CNN against the
 frozen MiniLM, multi-positive over each study's videos, the view classifier alongside); embed the held-out
 studies (centred clips), also with a single repeated frame and with shuffled frames; fit the view-informed
-section attention on the training studies; build the report index; interpret one held-out study as
-``alignkit interpret`` does (its report, evidence and attention PNG). Outputs under ``--out``: ``data/``, ``run/``
-(with ``echo_index/``), ``heldout/<study>/``, ``view_confusion.png``, ``attention_<study>.png``, ``metrics.json``.
+section attention on the training studies; build the report index; calibrate its abstention thresholds on the
+validation studies (:func:`~alignkit.domains.medical.echo.interpret.fit_calibration`, at
+:data:`~alignkit.domains.medical.echo.interpret.DEFAULT_RATE`) and measure them on the test studies, as they are and
+flipped, cropped or replaced by noise (``abstention/*``); write the model card; interpret one held-out study as
+``alignkit interpret`` does (its report, evidence, attention PNG and report page). Outputs under ``--out``:
+``data/``, ``run/`` (with ``echo_index/``: index, calibration, model card), ``heldout/<study>/``,
+``view_confusion.png``, ``attention_<study>.png``, ``report_<study>.html``, ``metrics.json``.
 """
 from __future__ import annotations
 
+import datetime
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,8 +37,10 @@ from alignkit.domains.medical.echo.cli import print_interpretation
 from alignkit.domains.medical.echo.data import EchoStudyDataset
 from alignkit.domains.medical.echo.attention import ViewSectionAttention, train_section_attention
 from alignkit.domains.medical.echo.evaluate import study_metrics, view_metrics
-from alignkit.domains.medical.echo.interpret import (FRAME_MODES, INDEX_DIR, ReportIndex, StudySet, build_index,
-                                                     decoder_params, embed_studies, load_echo_model)
+from alignkit.domains.medical.echo.interpret import (DEFAULT_RATE, FRAME_MODES, INDEX_DIR, PERTURBATIONS, ModelCard,
+                                                     ReportIndex, StudySet, abstention_summary, build_index,
+                                                     decoder_params, embed_studies, fit_calibration,
+                                                     load_echo_model)
 from alignkit.domains.medical.echo.models import EchoClipModule
 from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo
 
@@ -89,7 +96,11 @@ INFO = (("EF MAE by ridge probe (%)", "ef/probe_mae", "ef/mean_mae"), ("EF R^2 b
         ("EF MAE by retrieval, attention pooling", "attention/ef/retrieval_mae", "ef/mean_mae"),
         ("findings AUROC mean, attention pooling", "attention/findings/auroc_mean", "chance/auroc"),
         ("video->report R@5", "retrieval/video2report_R@5", "chance/R@5"),
-        ("report->video R@5", "retrieval/report2video_R@5", "chance/R@5"))
+        ("report->video R@5", "retrieval/report2video_R@5", "chance/R@5"),
+        ("abstained, test studies", "abstention/test", None),
+        ("videos excluded, test studies", "abstention/test_videos_excluded", None),
+        ("sections not assessed, test studies", "abstention/test_sections_not_assessed", None),
+        *((f"abstained, {mode} test clips", f"abstention/{mode}", None) for mode in PERTURBATIONS))
 
 
 def _split(cfg: Any, split: str) -> EchoStudyDataset:
@@ -163,6 +174,22 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
         pooled = index.attention(*tests["full"].padded()).study
     attended = study_metrics(studies, tests["full"], names, K, study_embeddings=pooled)
     metrics.update({f"attention/{k}": attended[k] for k in ("ef/retrieval_mae", "findings/auroc_mean")})
+    index.calibration = fit_calibration(index, studies, embed_studies(module, _loader(_split(cfg, "val"), batch)),
+                                        rate=DEFAULT_RATE, k=K, held_out_name="validation studies")
+    for mode, embedded in [("test", tests["full"])] + [(m, embed_studies(module, _loader(test_set, batch), frames=m))
+                                                       for m in PERTURBATIONS]:
+        summary = abstention_summary(index, embedded, K)
+        metrics[f"abstention/{mode}"] = summary["abstained"]
+        if mode == "test":
+            metrics.update({f"abstention/test_{k}": v for k, v in summary.items() if k != "abstained"})
+    index.calibration.measured = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("abstention/")}
+    index.card = ModelCard(
+        name=f"alignkit demo echo{' --fast' if fast else ''}", synthetic=True,
+        trained_at=datetime.date.today().isoformat(),
+        trained_on=f"the synthetic echo archive of write_synthetic_echo ({len(studies.study_ids)} training studies, "
+                   f"{ARCHIVES[fast]['image_size']} px cartoons of beating hearts)",
+        held_out_metrics={k: metrics[k] for k in ("view/accuracy", "ef/retrieval_mae", "findings/auroc_mean")},
+        calibration=index.calibration.describe())
     index.save(result["run_dir"] / INDEX_DIR)
 
     labels = tests["full"].view_labels
@@ -174,7 +201,7 @@ def run_demo(out: Path, fast: bool = False, config: str | Path | None = None) ->
     folder = _heldout_folder(test_set, study_id, out)
     console.rule(f"alignkit interpret {folder}")
     print_interpretation(load_echo_model(result["run_dir"]), ReportIndex.load(result["run_dir"] / INDEX_DIR), folder,
-                         k=K, attention_png=out / f"attention_{study_id}.png")
+                         k=K, attention_png=out / f"attention_{study_id}.png", html=out / f"report_{study_id}.html")
     metrics["demo/seconds"] = time.time() - t0
     metrics["demo/train_seconds"] = train_seconds
     write_metrics(out, metrics)

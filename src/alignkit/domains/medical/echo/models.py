@@ -105,9 +105,16 @@ class EchoClipModule(AlignmentModule):
 
     def video_outputs(self, videos: Tensor) -> Tuple[Tensor, Tensor]:
         """Normalised video embeddings ``(B, D)`` and view logits ``(B, len(views))`` from one encoder pass."""
+        z, logits, _ = self.video_features(videos)
+        return z, logits
+
+    def video_features(self, videos: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`video_outputs`, plus the video encoder's output ``(B, encoder.output_dim)`` (the features the
+        head and the view classifier read; the interpretation measures out-of-distribution distances on them)."""
         z = self.embed(self.video_modality, videos)
         assert self._features is not None
-        return z, self.view_head(self._features)
+        features, self._features = self._features, None
+        return z, self.view_head(features), features
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         out = super().compute_loss(batch)

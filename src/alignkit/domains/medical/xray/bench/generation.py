@@ -7,13 +7,17 @@
   cross-attention to the frozen encoder's tokens ``forward_tokens(image) -> (B, N, C)`` projected to
   ``d_model``; trained with teacher forcing (cross-entropy on the next word), decoded greedily.
 - :func:`retrieval_report_baseline`: the report of the nearest training image (cosine similarity).
-Both are scored with BLEU-1..4 and ROUGE-L (:func:`score_reports`).
+- :func:`screened_retrieval_reports`: the same baseline under the rules of every report assembled from retrieval
+  (:mod:`alignkit.domains.medical.retrieval_reports`): an image whose distance to its nearest training images is
+  beyond a threshold calibrated leave-one-out on the training images abstains; a report whose best match is below
+  the calibrated similarity, or whose top retrieved reports disagree with the finding scores, is "not assessed".
+Both are scored with BLEU-1..4 and ROUGE-L (:func:`score_reports`; the screened one on the reports it gives).
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +25,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from alignkit.domains.medical.metrics import bleu_scores, report_tokens, rouge_l
+from alignkit.domains.medical.retrieval_reports import (ABOVE, AssessedSection, ScoreCheck, Threshold, assess_section,
+                                                        decide_finding, knn_distance, lower_threshold, stated_finding,
+                                                        top_candidates)
 from alignkit.domains.medical.xray.bench.shared import Split, as_dataset, checked_batches, encode_images, sample_loader
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -169,15 +176,114 @@ def retrieval_report_baseline(train_embeddings: Tensor, train_reports: Sequence[
     return [train_reports[i] for i in sim.argmax(1).tolist()]
 
 
+CXR_FINDING_TERMS: Dict[str, Tuple[str, ...]] = {
+    "cardiomegaly": ("cardiomegaly", "enlarged heart", "enlarged cardiac silhouette", "cardiac enlargement"),
+    "pleural_effusion": ("pleural effusion", "effusion"),
+    "pneumothorax": ("pneumothorax",),
+    "nodule": ("nodule", "mass", "lung lesion"),
+    "consolidation": ("consolidation", "pneumonia", "airspace opacity", "airspace disease"),
+    "edema": ("edema", "vascular congestion"),
+}
+"""How chest reports state each finding (terms affirmed: present; negated: absent), for the consistency check."""
+
+
+@dataclass
+class RetrievalCalibration:
+    """Thresholds of the screened retrieval baseline, calibrated leave-one-out on the training images at
+    ``rate``: ``distance`` on :func:`~alignkit.domains.medical.retrieval_reports.knn_distance` (``k`` neighbours,
+    abstain above; ``rate / 2``) and ``similarity``, the best match's lower ``rate / 2`` quantile (not assessed below,
+    never below 0)."""
+
+    distance: Threshold
+    similarity: float
+    k: int
+    rate: float
+
+    @classmethod
+    def fit(cls, train_embeddings: Tensor, rate: float = 0.05, k: int = 5) -> "RetrievalCalibration":
+        keys = F.normalize(train_embeddings.float(), dim=-1)
+        sims = keys @ keys.T
+        sims.fill_diagonal_(-float("inf"))
+        return cls(Threshold.fit(knn_distance(keys, keys, k, leave_one_out=True), ABOVE, rate / 2),
+                   lower_threshold(sims.max(1).values, rate / 2), k, rate)
+
+
+@dataclass
+class ScreenedReport:
+    """One test image's screened report: ``text`` (None: no report, see ``reason``), ``abstained`` (out of
+    distribution), its score ``checks``, the assessed ``section`` and the finding scores of the retrieved reports."""
+
+    text: Optional[str]
+    abstained: bool
+    reason: str
+    checks: List[ScoreCheck]
+    section: Optional[AssessedSection] = None
+    findings: Dict[str, float] = field(default_factory=dict)
+
+
+def stated_findings(text: str, terms: Dict[str, Tuple[str, ...]]) -> FrozenSet[str]:
+    """The findings of ``terms`` that ``text`` affirms (NegEx rules: a negated mention does not count)."""
+    return frozenset(name for name, words in terms.items() if stated_finding(text, words) is True)
+
+
+def screened_retrieval_reports(train_embeddings: Tensor, train_reports: Sequence[str], test_embeddings: Tensor,
+                               calibration: Optional[RetrievalCalibration] = None, rate: float = 0.05, k: int = 5,
+                               terms: Optional[Dict[str, Tuple[str, ...]]] = None) -> List[ScreenedReport]:
+    """:func:`retrieval_report_baseline` under the shared rules (see the module docstring): per test image the
+    ``k`` nearest training reports; a finding's score is the fraction of them that affirm it, decided present
+    (``>= 2/3``), absent (``<= 1/3``) or uncertain; the report given is the most similar one whose affirmed
+    findings equal the decided ones, when at least half of the ``k`` agree with them and its similarity reaches the
+    calibrated one. ``calibration``: default fitted on ``train_embeddings`` (:meth:`RetrievalCalibration.fit`)."""
+    if len(train_embeddings) != len(train_reports):
+        raise ValueError(f"screened_retrieval_reports: {len(train_embeddings)} train embeddings but "
+                         f"{len(train_reports)} reports")
+    terms = CXR_FINDING_TERMS if terms is None else terms
+    calibration = calibration or RetrievalCalibration.fit(train_embeddings, rate, k)
+    keys = F.normalize(train_embeddings.float(), dim=-1)
+    queries = F.normalize(test_embeddings.float(), dim=-1)
+    stated = [stated_findings(r, terms) for r in train_reports]
+    sources = [f"train image {i}" for i in range(len(train_reports))]
+    distances = knn_distance(queries, keys, calibration.k)
+    out = []
+    for q, sims in enumerate(queries @ keys.T):
+        checks = [ScoreCheck("training_distance", float(distances[q]), calibration.distance)]
+        if not checks[0].passed:
+            out.append(ScreenedReport(None, True, "out of the training distribution: " + checks[0].describe(), checks))
+            continue
+        candidates = top_candidates(train_reports, sources, sims, calibration.k, stated)
+        scores = {name: sum(name in c.key for c in candidates) / len(candidates) for name in terms}
+        decided = {name: decide_finding(p) for name, p in scores.items()}
+        uncertain = [name for name, d in decided.items() if d is None]
+        wanted = frozenset(name for name, d in decided.items() if d)
+        section = assess_section("report", candidates, calibration.similarity, wanted=wanted)
+        if uncertain and section.reported:
+            section.text, section.reason = None, f"uncertain finding scores: {', '.join(uncertain)}"
+        out.append(ScreenedReport(section.text, False, section.reason, checks, section, scores))
+    return out
+
+
+def screened_scores(references: Sequence[str], screened: Sequence[ScreenedReport]) -> Dict[str, float]:
+    """:func:`score_reports` over the images given a report, and the fractions ``abstained`` and
+    ``not_assessed``."""
+    given = [(r, s.text) for r, s in zip(references, screened) if s.text is not None]
+    scores = score_reports([r for r, _ in given], [t for _, t in given]) if given else {}
+    n = max(1, len(screened))
+    return {**scores, "abstained": sum(s.abstained for s in screened) / n,
+            "not_assessed": sum(not s.abstained and s.text is None for s in screened) / n}
+
+
 @dataclass
 class GenerationResult:
-    """Scores (:func:`score_reports`) of the decoder and of the retrieval baseline, and the generated text."""
+    """Scores (:func:`score_reports`) of the decoder, of the retrieval baseline and of the screened baseline
+    (:func:`screened_scores`), and the generated text."""
 
     decoder: Dict[str, float]
     retrieval: Dict[str, float]
     generated: List[str]
     retrieved: List[str]
     references: List[str]
+    retrieval_screened: Dict[str, float] = field(default_factory=dict)
+    screened: List[ScreenedReport] = field(default_factory=list)
 
 
 def evaluate_report_generation(encoder: nn.Module, train: Split, test: Split, epochs: int = 20, lr: float = 1e-3,
@@ -197,7 +303,8 @@ def evaluate_report_generation(encoder: nn.Module, train: Split, test: Split, ep
                             num_layers=num_layers, max_length=max_length)
     train_report_decoder(decoder, train_tokens, train_reports, epochs, lr, batch_size, seed)
     generated = [s for chunk in test_tokens.split(batch_size) for s in decoder.generate(chunk)]
-    retrieved = retrieval_report_baseline(encode_images(encoder, train, batch_size), train_reports,
-                                          encode_images(encoder, test, batch_size))
+    train_pooled, test_pooled = encode_images(encoder, train, batch_size), encode_images(encoder, test, batch_size)
+    retrieved = retrieval_report_baseline(train_pooled, train_reports, test_pooled)
+    screened = screened_retrieval_reports(train_pooled, train_reports, test_pooled)
     return GenerationResult(score_reports(references, generated), score_reports(references, retrieved),
-                            generated, retrieved, references)
+                            generated, retrieved, references, screened_scores(references, screened), screened)

@@ -141,6 +141,7 @@ def run_benchx(methods: Mapping[str, Any], train: Split, val: Split, test: Split
                                                  max_reports=cfg.generation_max_reports)
                 table.add_metrics(name, gen.decoder, prefix="gen_")
                 table.add_metrics(name, gen.retrieval, prefix="gen_retrieval_")
+                table.add_metrics(name, gen.retrieval_screened, prefix="gen_retrieval_screened_")
     if out_dir is not None:
         table.write(out_dir)
     return table
