@@ -50,9 +50,7 @@ def test_clip_configs_from_imported_open_clip_run_one_step(config, fixture, embe
 
 def test_echoclip_config_from_imported_convnext_runs_one_step(tmp_path):
     import alignkit.domains.medical.echo.encoders  # noqa: F401  (registers the echo video towers)
-    if "echo-frames" not in ENCODERS.names():
-        pytest.skip("medical/echo_echoclip needs the echo video tower 'echo-frames' (an image encoder per frame, "
-                    "frame embeddings pooled over time), not in alignkit.domains.medical.echo.encoders yet")
+    assert "echo-frames" in ENCODERS.names()  # the frame-by-frame video tower medical/echo_echoclip names
     from alignkit.domains.medical.echo.synthetic.archive import write_synthetic_echo
     root = write_synthetic_echo(tmp_path / "echo", 6, image_size=32, frames=12, split_fractions=(0.5, 0.25, 0.25))
     out = import_weights("open-clip", FIXTURES / "convnext", tmp_path / "imported", tokenizer=BPE)
