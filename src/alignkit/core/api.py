@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from alignkit.core.checkpoints import load_safetensors, read_json
-from alignkit.core.images import ImageTextDecoder
+from alignkit.core.images import PREPROCESS_KEYS, ImageTextDecoder
 from alignkit.core.registry import MODELS
 from alignkit.version import __version__
 
@@ -76,7 +76,7 @@ class AlignedModel:
         self.config = config
         params = dict((config.get("data") or {}).get("params") or {})
         self.preprocess = dict(config.get("preprocess") or {
-            k: params[k] for k in ("image_size", "channels", "mean", "std") if k in params})
+            k: params[k] for k in PREPROCESS_KEYS if k in params})
 
     @property
     def modalities(self) -> List[str]:

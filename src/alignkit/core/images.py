@@ -21,6 +21,13 @@ from torch import Tensor
 from alignkit.core.paired import RawRecord, raw_text
 from alignkit.core.registry import ConfigError
 
+PREPROCESS_KEYS = ("image_size", "channels", "mean", "std")
+"""The parameters of :class:`ImageTextDecoder` that make a model folder's recorded image preprocessing
+(``config.json`` ``preprocess``)."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The ImageNet channel statistics torchvision's, timm's and Voltron's preprocessing normalise with (RGB)."""
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
 """Image file types a raw record may hold; the record's field is named by the extension."""
 
@@ -197,6 +204,6 @@ class ImageTextDecoder:
         return sample
 
 
-__all__ = ["DRAFT_OVERSAMPLE", "use_draft", "IMAGE_EXTENSIONS", "DEFAULT_IMAGE_KEY", "DEFAULT_CAPTION_KEY",
-           "field_names", "record_where",
-           "load_image", "check_image_decodes", "ImageTextDecoder"]
+__all__ = ["PREPROCESS_KEYS", "IMAGENET_MEAN", "IMAGENET_STD", "DRAFT_OVERSAMPLE", "use_draft", "IMAGE_EXTENSIONS",
+           "DEFAULT_IMAGE_KEY", "DEFAULT_CAPTION_KEY", "field_names", "record_where", "load_image",
+           "check_image_decodes", "ImageTextDecoder"]

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignkit.core.checkpoints import check_torch_checkpoint, load_torch_checkpoint
 from alignkit.core.config import ConfigError, save_config, to_plain
+from alignkit.core.images import PREPROCESS_KEYS
 from alignkit.core.registry import EVALUATORS, MODELS
 from alignkit.core.progress import EvalModeCheck, StepProgressBar, quiet_start
 from alignkit.core.resume import ResumeTracker
@@ -203,14 +204,10 @@ def load_checkpoint(cfg: DictConfig, ckpt: str | Path) -> L.LightningModule:
     return model.eval()
 
 
-PREPROCESS_KEYS = ("image_size", "channels", "mean", "std")
-"""Data params a model folder's recorded preprocessing overrides when it is evaluated (``--model``)."""
-
-
 def model_preprocess_overrides(cfg: DictConfig, preprocess: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
-    """Set the config's data params named in :data:`PREPROCESS_KEYS` to the model folder's recorded
-    preprocessing (an imported model is evaluated as its anchor preprocesses); returns ``{key: (old, new)}`` of
-    what changed."""
+    """Set the config's data params named in :data:`~alignkit.core.images.PREPROCESS_KEYS` to the model folder's
+    recorded preprocessing (an imported model is evaluated as its anchor preprocesses); returns ``{key: (old, new)}``
+    of what changed."""
     changed: Dict[str, Tuple[Any, Any]] = {}
     params = cfg.data.get("params")
     if params is None:

@@ -12,7 +12,23 @@ TextItem = Union[str, Sequence[str]]
 """One text of a batch: a string, or a list of strings (e.g. a report as its sentences)."""
 
 
-class FrozenTower(nn.Module):
+class InnerAttributes:
+    """Mixin for a wrapper ``nn.Module``: an attribute the wrapper lacks (``output_dim``, ``forward_tokens``,
+    ``tokenizer``, ...) is looked up on its submodule named by ``_inner``. Put it before ``nn.Module`` in the bases."""
+
+    _inner = "module"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get(self._inner)
+            if inner is None:  # during construction, copying or unpickling
+                raise
+            return getattr(inner, name)
+
+
+class FrozenTower(InnerAttributes, nn.Module):
     """A module with ``requires_grad=False`` everywhere that stays in eval mode.
 
     ``train(mode)`` only sets this wrapper's own ``training`` flag and puts the inner module back
@@ -33,15 +49,6 @@ class FrozenTower(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("module")
-            if inner is None:  # during construction, copying or unpickling
-                raise
-            return getattr(inner, name)
 
 
 def freeze(module: nn.Module) -> FrozenTower:
@@ -70,4 +77,4 @@ def build_encoder(spec: Union[str, Mapping[str, Any]], where: str = "", **params
     return ENCODERS.build(name, where=where, **{**base, **params})
 
 
-__all__ = ["SpatialSize", "TextItem", "FrozenTower", "freeze", "count_parameters", "build_encoder"]
+__all__ = ["SpatialSize", "TextItem", "InnerAttributes", "FrozenTower", "freeze", "count_parameters", "build_encoder"]

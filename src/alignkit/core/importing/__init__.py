@@ -32,7 +32,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from alignkit.core.checkpoints import load_safetensors, read_json
-from alignkit.core.registry import ENCODERS, HEADS, IMPORTERS
+from alignkit.core.encoders.base import InnerAttributes
+from alignkit.core.images import PREPROCESS_KEYS
+from alignkit.core.registry import ENCODERS, HEADS, IMPORTERS, MODELS
 from alignkit.version import __version__
 
 PathLike = Union[str, Path]
@@ -155,9 +157,11 @@ def source_files(src: Path) -> Dict[str, str]:
     return {str(p.relative_to(src)): sha256_of(p) for p in sorted(src.rglob("*")) if p.is_file()}
 
 
-class ImportedEncoder(nn.Module):
+class ImportedEncoder(InnerAttributes, nn.Module):
     """An imported encoder followed by its imported projection head: ``(B, ...) -> (B, output_dim)``.
     Other attributes (``forward_tokens``, ``embed_texts``, ``tokenizer``...) are the encoder's."""
+
+    _inner = "encoder"
 
     def __init__(self, encoder: nn.Module, head: nn.Module, output_dim: int):
         super().__init__()
@@ -165,15 +169,6 @@ class ImportedEncoder(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.head(self.encoder(*args, **kwargs))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("encoder")
-            if inner is None:
-                raise
-            return getattr(inner, name)
 
 
 def _json_ready(value: Any) -> Any:
@@ -222,8 +217,9 @@ def _write_tower(folder: Path, spec: ImportedTower, encoder: nn.Module, head: Op
             target.mkdir(parents=True)
             for item in sorted(asset.rglob("*")):
                 if item.is_file() and (patterns is None or any(item.match(p) for p in patterns)):
-                    (target / item.relative_to(asset)).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(item, target / item.relative_to(asset))
+                    copied = target / item.relative_to(asset)
+                    copied.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(item, copied)
         else:
             shutil.copyfile(asset, target)
         params[key] = key
@@ -238,8 +234,7 @@ def _write_tower(folder: Path, spec: ImportedTower, encoder: nn.Module, head: Op
 
 def image_preprocess(preprocessing: Mapping[str, Any]) -> Dict[str, Any]:
     """The part of a tower's preprocessing that :class:`~alignkit.core.images.ImageTextDecoder` reads."""
-    keys = ("image_size", "channels", "mean", "std")
-    return {k: preprocessing[k] for k in keys if k in preprocessing}
+    return {k: preprocessing[k] for k in PREPROCESS_KEYS if k in preprocessing}
 
 
 def import_weights(format: str, src: PathLike, out: PathLike, *, allow_partial: bool = False,
@@ -264,7 +259,6 @@ def import_weights(format: str, src: PathLike, out: PathLike, *, allow_partial: 
     building = copy.deepcopy(model_cfg)  # built once, with the assets where the importer left them
     for name, spec in imported.towers.items():
         building["towers"][name]["params"].update({k: str(v) for k, v in spec.assets.items()})
-    from alignkit.core.registry import MODELS
     module = MODELS.get("alignment")(model=building, optim={})
     left = list(imported.left)
     preprocess: Dict[str, Any] = {}
@@ -276,7 +270,7 @@ def import_weights(format: str, src: PathLike, out: PathLike, *, allow_partial: 
                                                                    allow_partial=allow_partial)]
         head = tower.head if spec.head_state is not None else None
         if head is not None:
-            left += [f"{name}.head.{k}" for k in match_state_dict(head, spec.head_state or {},
+            left += [f"{name}.head.{k}" for k in match_state_dict(head, spec.head_state,
                                                                     source=f"{src} ({name} head)",
                                                                     allow_partial=allow_partial)]
         _write_tower(out / "towers" / name, spec, tower.encoder, head, imported.embed_dim)
@@ -303,6 +297,6 @@ def read_import_report(folder: PathLike) -> Dict[str, Any]:
     return read_json(Path(folder) / "import.json")
 
 
-__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "key_listing", "mismatch_error", "compare_state_dict",
-           "match_state_dict", "import_weights", "load_imported_tower", "ImportedEncoder", "read_import_report",
-           "source_files", "image_preprocess", "local_hf_folder"]
+__all__ = ["IMPORTERS", "ImportedTower", "ImportedModel", "WeightMismatchError", "key_listing", "mismatch_error",
+           "compare_state_dict", "match_state_dict", "import_weights", "load_imported_tower", "ImportedEncoder",
+           "read_import_report", "source_files", "image_preprocess", "local_hf_folder"]

@@ -21,14 +21,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from alignkit.core.images import IMAGENET_MEAN, IMAGENET_STD
 from alignkit.core.importing import IMPORTERS, ImportedModel, ImportedTower
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 # (bottleneck?, blocks per stage) -> depth, as torchvision's resnet18 ... resnet152
 ARCHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
          (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152}
-NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ([0.5] * 3, [0.5] * 3)}
+NORMS = {"imagenet": (list(IMAGENET_MEAN), list(IMAGENET_STD)), "half": ([0.5] * 3, [0.5] * 3)}
 STEM = "conv1.weight"
 FIRST_BLOCK = "layer1.0.conv1.weight"
 
@@ -180,5 +179,4 @@ def import_torchvision_resnet(src: Path, *, allow_partial: bool = False, prefix:
                          embed_dim=embed_dim, notes=notes, left=left)
 
 
-__all__ = ["import_torchvision_resnet", "read_checkpoint", "find_prefix", "infer_resnet", "parse_bool",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["import_torchvision_resnet", "read_checkpoint", "find_prefix", "infer_resnet", "parse_bool"]

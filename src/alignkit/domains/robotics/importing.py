@@ -38,7 +38,8 @@ from torch import Tensor
 
 from alignkit.core.checkpoints import read_json
 from alignkit.core.importing import IMPORTERS, ImportedModel, ImportedTower, local_hf_folder
-from alignkit.domains.robotics.models.voltron.released import (IMAGENET_MEAN, IMAGENET_STD, released_encoder_names)
+from alignkit.core.images import IMAGENET_MEAN, IMAGENET_STD
+from alignkit.domains.robotics.models.voltron.released import released_encoder_names
 
 MODEL_NAMES = {"v-cond": "v-cond", "v-cond-base": "v-cond", "v-dual": "v-dual", "v-dual-base": "v-dual",
                "v-gen": "v-gen", "v-gen-base": "v-gen", "r-mvp": "r-mvp"}  # voltron.load ids and Voltron's configs

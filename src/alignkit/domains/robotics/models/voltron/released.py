@@ -31,6 +31,7 @@ from typing import Annotated, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from alignkit.core.images import IMAGENET_MEAN, IMAGENET_STD  # voltron.models.materialize.NORMALIZATION
 from alignkit.core.importing import local_hf_folder
 from alignkit.core.params import NON_NEGATIVE, POSITIVE, OneOf, check_choice
 from alignkit.core.registry import ENCODERS, ConfigError
@@ -39,8 +40,6 @@ from alignkit.domains.robotics.models.voltron.layers import RMSNorm, VoltronBloc
 
 RELEASED_VARIANTS = ("v-cond", "v-dual", "v-gen", "r-mvp")
 POOLINGS = ("mean", "cls")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # voltron.models.materialize.NORMALIZATION
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Language = Union[None, str, Sequence[str]]
 
 
