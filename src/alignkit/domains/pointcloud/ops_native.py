@@ -1,4 +1,5 @@
-"""Compiled CPU loops for FPS, kNN and ball query (the ``"native"`` backend of :mod:`.ops`).
+"""Compiled CPU loops for FPS, kNN and ball query (the ``"native"`` backend of :mod:`.ops`), and for the fused
+batch norm passes of PointNet++ levels (:mod:`.models.grouped_norm`).
 
 A small C source (below) is compiled once with the system C compiler (``$CC``, else ``cc``) into
 ``$ALIGNKIT_NATIVE_CACHE`` (default ``~/.cache/alignkit/native``), named by the hash of the source and
@@ -7,7 +8,8 @@ flags, and loaded with :mod:`ctypes`; the calls release the GIL. When no compile
 
 Same results as the PyTorch reference, by construction: every squared distance is
 ``d2 = ((dx * dx) + (dy * dy)) + (dz * dz)`` with ``dx = a_x - b_x``, each operation rounded in the
-input dtype (float32 or float64; compiled with ``-ffp-contract=off``, so no fused multiply-add), which
+input dtype (float32 or float64; compiled with ``-ffp-contract=off``, so no fused multiply-add, and
+``-fno-trapping-math``, which lets conditional selects vectorise without changing any result), which
 is what the reference's separate elementwise kernels compute. Orders and ties:
 
 - FPS: ``nearest = min(nearest, d2)``; the chosen point gets -1; the next is the first index of the
@@ -35,6 +37,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from alignkit.domains.pointcloud.native_norm_source import NORM_BODY
 
 PRELUDE = r"""
 #include <math.h>
@@ -329,13 +333,17 @@ int NAME(ball)(const T *query, const T *planes, int64_t B, int64_t M, int64_t N,
     return c.failed;
 }
 """
-VARIANTS = (("float", "f32", "vf32", "vi32", 8), ("double", "f64", "vf64", "vi64", 4))
+VARIANTS = (("float", "f32", "vf32", "vi32", 8, "int32_t"), ("double", "f64", "vf64", "vi64", 4, "int64_t"))
 SOURCE = PRELUDE + "".join(
-    f"#define T {t}\n#define NAME(x) x##_{s}\n#define VT {vt}\n#define VI {vi}\n#define W {w}\n{BODY}"
-    "#undef T\n#undef NAME\n#undef VT\n#undef VI\n#undef W\n" for t, s, vt, vi, w in VARIANTS)
-"""The C source: :data:`BODY` once per dtype (``T``; ``VT``/``VI``: W-lane float/int vectors)."""
+    f"#define T {t}\n#define NAME(x) x##_{s}\n#define VT {vt}\n#define VI {vi}\n#define W {w}\n#define IT {it}\n"
+    f"{BODY}{NORM_BODY}#undef T\n#undef NAME\n#undef VT\n#undef VI\n#undef W\n#undef IT\n"
+    for t, s, vt, vi, w, it in VARIANTS)
+"""The C source: :data:`BODY` (point ops) and :data:`.native_norm_source.NORM_BODY` (batch norm passes) once
+per dtype (``T``; ``VT``/``VI``: W-lane float/int vectors; ``IT``: the integer of ``T``'s width, for indices kept
+in vector lanes beside values)."""
 
-FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99")
+FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math",
+         "-std=gnu99")
 DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -374,6 +382,12 @@ def library() -> Optional[ctypes.CDLL]:
         getattr(lib, f"fps_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, cint]
         getattr(lib, f"knn_{suffix}").argtypes = [ptr, ptr, i64, i64, i64, i64, cint, ptr, cint]
         getattr(lib, f"ball_{suffix}").argtypes = [ptr, ptr, i64, i64, i64, real, i64, ptr, cint]
+        getattr(lib, f"bn_stats_{suffix}").argtypes = [ptr, i64, i64, ptr, ptr, cint]
+        getattr(lib, f"group_select_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"group_unselect_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"bnrelu_forward_{suffix}").argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"bnrelu_sums_{suffix}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"bnrelu_backward_{suffix}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, cint]
     return lib
 
 
@@ -431,3 +445,4 @@ def ball_query(query: Tensor, points: Tensor, r2: float, k: int) -> Tensor:
     out = torch.empty(B, M, k, dtype=torch.long)
     call("ball", query.dtype, q.data_ptr(), p.data_ptr(), B, M, points.shape[1], r2, k, out.data_ptr())
     return out
+

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
+from alignkit.domains.pointcloud import ops_native
+from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu, batch_norm_relu_max, linear_rows
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
 Count = Annotated[int, AT_LEAST_ONE]
@@ -120,9 +122,9 @@ class SetAbstraction(nn.Module):
     """
 
     def __init__(self, npoint: Optional[int], radius: float, nsample: int, in_channels: int, mlp: Sequence[int],
-                 bias: bool = False, scale_by_radius: bool = True):
+                 bias: bool = False, scale_by_radius: bool = True, fused: bool = True):
         super().__init__()
-        self.npoint, self.radius, self.nsample = npoint, radius, nsample
+        self.npoint, self.radius, self.nsample, self.fused = npoint, radius, nsample, fused
         self.scale = radius if scale_by_radius else 1.0
         self.mlp = PointwiseMLP(3 + in_channels, mlp, bias=bias)
         self.out_dim = self.mlp.out_dim
@@ -137,7 +139,34 @@ class SetAbstraction(nn.Module):
             idx = ball_query(centres, xyz, self.radius, self.nsample)
             rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.scale
             grouped = with_features(rel, None if feats is None else group(feats, idx))
-        return centres, self.mlp(grouped).amax(dim=2)  # amax: no argmax indices to store, fill and scatter back
+        return centres, self.pool(grouped)
+
+    def pool(self, grouped: Tensor) -> Tensor:
+        """(B, M, k, C_in) -> ``max_k MLP`` (B, M, out_dim).
+
+        With ``fused`` (default) the level's last BatchNorm - ReLU and the max run as one op
+        (:func:`batch_norm_relu_max`), and on CPU the earlier BatchNorm - ReLU pairs too (:func:`batch_norm_relu`);
+        same values and gradients up to rounding. A norm that is not a plain BatchNorm1d (SyncBatchNorm under
+        DDP) runs as its module.
+        """
+        B, M, k, _ = grouped.shape
+        h = grouped.reshape(-1, grouped.shape[-1])
+        if not self.fused:
+            return self.mlp(h).reshape(B, M, k, -1).amax(dim=2)
+        layers = list(self.mlp)
+        native = ops_native.supports(h)
+        for i in range(0, len(layers), 3):
+            linear, norm, relu = layers[i:i + 3]
+            h = linear_rows(h, linear) if native else linear(h)
+            if type(norm) is not nn.BatchNorm1d or not isinstance(relu, nn.ReLU):
+                h = relu(norm(h))
+            elif i + 3 == len(layers):
+                return batch_norm_relu_max(h, norm, k).reshape(B, M, -1)
+            elif native:
+                h = batch_norm_relu(h, norm)
+            else:
+                h = relu(norm(h))
+        return h.reshape(B, M, k, -1).amax(dim=2)
 
 
 class FeaturePropagation(nn.Module):
@@ -174,6 +203,11 @@ class PointNet2SSG(PointEncoder):
     Dropout(head_dropout=0.4)`` per width, ``output_dim = head_mlp[-1]``) and ``fp_mlps=()`` (no dense head).
     FPS starts at point 0 (ULIP's PyTorch FPS starts at a random point) and the ball holds ``|p - c| < r``
     (ULIP's ``<= r``: the same for real-valued data).
+
+    ``fused`` (default True): each level's last ``BatchNorm - ReLU`` and its max over the group run as one op
+    that never builds the (M k, C) normalised rows, and on CPU the level's other ``BatchNorm - ReLU`` pairs run
+    as compiled two-pass loops (:mod:`.grouped_norm`); values and gradients equal the module path up to rounding,
+    the state dict is the same. ``fused=False`` runs the modules one by one (the reference).
     """
 
     def __init__(self, in_features: Annotated[int, NON_NEGATIVE] = 0, npoints: Sequence[Count] = (64, 16),
@@ -181,7 +215,8 @@ class PointNet2SSG(PointEncoder):
                  mlps: Sequence[Widths] = ((32, 32, 64), (64, 64, 128)), global_mlp: Widths = (128, 256),
                  fp_mlps: Sequence[Widths] = ((128, 128), (128, 128), (128, 128)), mlp_bias: bool = False,
                  scale_by_radius: bool = True, head_mlp: Sequence[Count] = (),
-                 head_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.4, feature_fill: Optional[float] = None):
+                 head_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.4, feature_fill: Optional[float] = None,
+                 fused: bool = True):
         super().__init__()
         if not len(npoints) == len(radii) == len(nsamples) == len(mlps) >= 1:
             raise ConfigError(f"pointnet2-ssg needs npoints, radii, nsamples and mlps of one equal length >= 1; got "
@@ -195,10 +230,10 @@ class PointNet2SSG(PointEncoder):
         channels = in_features
         for npoint, radius, nsample, mlp in zip(npoints, radii, nsamples, mlps):
             self.levels.append(SetAbstraction(int(npoint), float(radius), int(nsample), channels, mlp, bias=mlp_bias,
-                                              scale_by_radius=scale_by_radius))
+                                              scale_by_radius=scale_by_radius, fused=fused))
             channels = self.levels[-1].out_dim
             skip_dims.append(channels)
-        self.levels.append(SetAbstraction(None, 1.0, 1, channels, global_mlp, bias=mlp_bias))
+        self.levels.append(SetAbstraction(None, 1.0, 1, channels, global_mlp, bias=mlp_bias, fused=fused))
         self.output_dim = self.levels[-1].out_dim
         self.global_head: Optional[nn.Sequential] = None
         if head_mlp:

@@ -1,0 +1,184 @@
+"""C source of the batch norm passes of PointNet++ levels, compiled into :mod:`..ops_native`'s library.
+
+Templated like :data:`..ops_native.BODY` (``T``, ``IT``, ``NAME``, ``HOT``, ``parallel``); the Python side is
+:mod:`.models.grouped_norm`. Statistics and gradient sums accumulate in double (a float's square is exact in
+double); the selects are written as selects of loaded values so that they vectorise.
+"""
+
+NORM_BODY = r"""
+/* ------------------------------------------- grouped rows: batch-norm statistics, signed max over k */
+typedef struct { const T *z; int64_t R, C, parts; double *acc; } NAME(stats_ctx);
+
+/* acc[part] = (sum, sum of squares) per channel over its rows, in double (a float's square is exact in double). */
+HOT static void NAME(stats_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(stats_ctx) *c = (NAME(stats_ctx) *)c_;
+    const int64_t C = c->C;
+    for (int64_t part = lo; part < hi; part++) {
+        double *restrict s = c->acc + 2 * C * part, *restrict q = s + C;
+        for (int64_t j = 0; j < C; j++) { s[j] = 0; q[j] = 0; }
+        for (int64_t r = c->R * part / c->parts; r < c->R * (part + 1) / c->parts; r++) {
+            const T *restrict row = c->z + r * C;
+            for (int64_t j = 0; j < C; j++) { double v = (double)row[j]; s[j] += v; q[j] += v * v; }
+        }
+    }
+}
+
+int NAME(bn_stats)(const T *z, int64_t R, int64_t C, double *sum, double *sumsq, int threads) {
+    int64_t parts = threads < 1 ? 1 : threads;
+    if (parts > R / 1024 + 1) parts = R / 1024 + 1;       /* at least ~1k rows a part */
+    double *acc = (double *)malloc(sizeof(double) * 2 * (size_t)(C * parts));
+    if (!acc) return 1;
+    NAME(stats_ctx) c = {z, R, C, parts, acc};
+    parallel(NAME(stats_span), &c, parts, threads);
+    for (int64_t j = 0; j < C; j++) { sum[j] = 0; sumsq[j] = 0; }
+    for (int64_t part = 0; part < parts; part++)
+        for (int64_t j = 0; j < C; j++) { sum[j] += acc[2 * C * part + j]; sumsq[j] += acc[2 * C * part + C + j]; }
+    free(acc);
+    return 0;
+}
+
+typedef struct { const T *z; int64_t k, C; const T *sign; T *out; IT *idx; int nan; } NAME(select_ctx);
+
+/* Per group g and channel j: the first row i of z[g] (k rows of C) maximising sign[j] * z[g, i, j]. */
+HOT static void NAME(select_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(select_ctx) *c = (NAME(select_ctx) *)c_;
+    const int64_t k = c->k, C = c->C;
+    const T *sign = c->sign;
+    int nan = 0;
+    for (int64_t g = lo; g < hi; g++) {
+        const T *zg = c->z + g * k * C;
+        T *o = c->out + g * C;
+        IT *ix = c->idx + g * C;
+        for (int64_t j = 0; j < C; j++) { o[j] = zg[j] * sign[j]; ix[j] = 0; nan |= zg[j] != zg[j]; }
+        for (int64_t i = 1; i < k; i++) {
+            const T *row = zg + i * C;
+            for (int64_t j = 0; j < C; j++) {
+                T v = row[j] * sign[j];
+                IT better = -(IT)(v > o[j]);
+                nan |= v != v;
+                o[j] = v > o[j] ? v : o[j];
+                ix[j] = (ix[j] & ~better) | ((IT)i & better);
+            }
+        }
+    }
+    if (nan) c->nan = 1;
+}
+
+int NAME(group_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sign, T *out, IT *idx, int threads) {
+    NAME(select_ctx) c = {z, k, C, sign, out, idx, 0};
+    parallel(NAME(select_span), &c, G, threads);
+    return c.nan;
+}
+typedef struct {
+    const T *z; int64_t k, C; const T *slope, *offset; const IT *rows; const T *add; T *dz;
+} NAME(unselect_ctx);
+
+/* dz[g, i, j] = slope[j] z[g, i, j] + offset[j], plus add[g, j] at the selected row i = rows[g, j]. */
+HOT static void NAME(unselect_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(unselect_ctx) *c = (NAME(unselect_ctx) *)c_;
+    const int64_t k = c->k, C = c->C;
+    const T *restrict slope = c->slope, *restrict offset = c->offset;
+    for (int64_t g = lo; g < hi; g++) {
+        const IT *restrict rows = c->rows + g * C;
+        const T *restrict add = c->add + g * C;
+        for (int64_t i = 0; i < k; i++) {
+            const T *restrict zr = c->z + (g * k + i) * C;
+            T *restrict dr = c->dz + (g * k + i) * C;
+            for (int64_t j = 0; j < C; j++) {          /* selects of loaded values only: no conditional FP op */
+                T v = slope[j] * zr[j];
+                v = v + offset[j];
+                T extra = rows[j] == (IT)i ? add[j] : (T)0;
+                dr[j] = v + extra;
+            }
+        }
+    }
+}
+
+int NAME(group_unselect)(const T *z, int64_t G, int64_t k, int64_t C, const T *slope, const T *offset,
+                         const IT *rows, const T *add, T *dz, int threads) {
+    NAME(unselect_ctx) c = {z, k, C, slope, offset, rows, add, dz};
+    parallel(NAME(unselect_span), &c, G, threads);
+    return 0;
+}
+/* ---------------------------------------------- batch norm + ReLU over rows (R, C): apply, gradient */
+typedef struct {
+    const T *z, *g, *y; int64_t R, C; const T *a, *b, *c; T *out; int64_t parts; double *acc;
+} NAME(rows_ctx);
+
+/* out = max(a z + b, 0) */
+HOT static void NAME(bnrelu_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
+    const int64_t C = c->C;
+    const T *restrict a = c->a, *restrict b = c->b;
+    for (int64_t r = lo; r < hi; r++) {
+        const T *restrict zr = c->z + r * C;
+        T *restrict o = c->out + r * C;
+        for (int64_t j = 0; j < C; j++) { T v = a[j] * zr[j]; v = v + b[j]; o[j] = v > 0 ? v : 0; }
+    }
+}
+
+/* acc[part] = per channel (sum dy, sum dy (z - mean)) with dy = g where y > 0 (a = mean here), in double */
+HOT static void NAME(bnrelu_sums_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
+    const int64_t C = c->C;
+    const T *restrict mean = c->a;
+    for (int64_t part = lo; part < hi; part++) {
+        double *restrict s = c->acc + 2 * C * part, *restrict q = s + C;
+        for (int64_t j = 0; j < C; j++) { s[j] = 0; q[j] = 0; }
+        for (int64_t r = c->R * part / c->parts; r < c->R * (part + 1) / c->parts; r++) {
+            const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
+            for (int64_t j = 0; j < C; j++) {
+                T pass = yr[j] > 0 ? gr[j] : (T)0;
+                double dy = (double)pass;
+                s[j] += dy; q[j] += dy * ((double)zr[j] - (double)mean[j]);
+            }
+        }
+    }
+}
+
+/* out = (y > 0 ? a g : 0) + b z + c */
+HOT static void NAME(bnrelu_grad_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
+    const int64_t C = c->C;
+    const T *restrict a = c->a, *restrict b = c->b, *restrict off = c->c;
+    for (int64_t r = lo; r < hi; r++) {
+        const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
+        T *restrict o = c->out + r * C;
+        for (int64_t j = 0; j < C; j++) {
+            T v = b[j] * zr[j];
+            v = v + off[j];
+            T d = a[j] * gr[j];
+            T extra = yr[j] > 0 ? d : (T)0;
+            o[j] = v + extra;
+        }
+    }
+}
+
+int NAME(bnrelu_forward)(const T *z, int64_t R, int64_t C, const T *scale, const T *shift, T *out, int threads) {
+    NAME(rows_ctx) c = {z, NULL, NULL, R, C, scale, shift, NULL, out, 0, NULL};
+    parallel(NAME(bnrelu_span), &c, R, threads);
+    return 0;
+}
+
+int NAME(bnrelu_sums)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *mean, double *sum,
+                      double *sumx, int threads) {
+    int64_t parts = threads < 1 ? 1 : threads;
+    if (parts > R / 1024 + 1) parts = R / 1024 + 1;
+    double *acc = (double *)malloc(sizeof(double) * 2 * (size_t)(C * parts));
+    if (!acc) return 1;
+    NAME(rows_ctx) c = {z, g, y, R, C, mean, NULL, NULL, NULL, parts, acc};
+    parallel(NAME(bnrelu_sums_span), &c, parts, threads);
+    for (int64_t j = 0; j < C; j++) { sum[j] = 0; sumx[j] = 0; }
+    for (int64_t part = 0; part < parts; part++)
+        for (int64_t j = 0; j < C; j++) { sum[j] += acc[2 * C * part + j]; sumx[j] += acc[2 * C * part + C + j]; }
+    free(acc);
+    return 0;
+}
+
+int NAME(bnrelu_backward)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *scale,
+                          const T *slope, const T *offset, T *out, int threads) {
+    NAME(rows_ctx) c = {z, g, y, R, C, scale, slope, offset, out, 0, NULL};
+    parallel(NAME(bnrelu_grad_span), &c, R, threads);
+    return 0;
+}
+"""

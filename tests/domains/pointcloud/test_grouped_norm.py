@@ -1,0 +1,185 @@
+"""The fused ends of PointNet++ levels against the modules they replace: values, gradients, running statistics."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from alignkit.core.registry import ENCODERS
+from alignkit.domains.pointcloud import ops_native
+from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu, batch_norm_relu_max, linear_rows
+
+BACKENDS = ["torch"] + (["native"] if ops_native.available() else [])
+needs_native = pytest.mark.skipif(not ops_native.available(), reason="no C compiler: the torch path is what runs")
+
+
+def make_norm(channels, dtype, momentum=0.1, affine=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    norm = nn.BatchNorm1d(channels, momentum=momentum, affine=affine).to(dtype)
+    with torch.no_grad():
+        if affine:
+            norm.weight.copy_(torch.randn(channels, generator=gen))      # negative scales included
+            norm.bias.copy_(torch.randn(channels, generator=gen))
+        norm.running_mean.copy_(torch.randn(channels, generator=gen))
+        norm.running_var.copy_(torch.rand(channels, generator=gen) + 0.5)
+    return norm
+
+
+def run(fn, z, norm, grad):
+    z = z.detach().clone().requires_grad_()
+    out = fn(z, norm)
+    out.backward(grad)
+    grads = [z.grad] + [p.grad for p in norm.parameters()]
+    return out.detach(), grads, (norm.running_mean.clone(), norm.running_var.clone(),
+                                 norm.num_batches_tracked.clone())
+
+
+def assert_same(got, want, tol):
+    (out, grads, stats), (out_ref, grads_ref, stats_ref) = got, want
+    torch.testing.assert_close(out, out_ref, atol=tol, rtol=tol)
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, atol=tol, rtol=tol)
+    for s, r in zip(stats, stats_ref):
+        torch.testing.assert_close(s, r, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("momentum,affine", [(0.1, True), (None, True), (0.1, False)])
+def test_batch_norm_relu_max_equals_the_modules(backend, training, dtype, tol, momentum, affine):
+    G, k, C = 40, 8, 7
+    gen = torch.Generator().manual_seed(1)
+    z = (torch.randn(G * k, C, generator=gen) * 3 + 2).to(dtype)
+    grad = torch.randn(G, C, generator=gen).to(dtype)
+    norm = make_norm(C, dtype, momentum, affine).train(training)
+    reference = copy.deepcopy(norm)
+    for _ in range(2):                                       # twice: the running statistics compound
+        got = run(lambda x, n: batch_norm_relu_max(x, n, k, backend=backend), z, norm, grad)
+        want = run(lambda x, n: torch.relu(n(x)).view(G, k, C).max(dim=1).values, z, reference, grad)
+        assert_same(got, want, tol)
+        for p in list(norm.parameters()) + list(reference.parameters()):
+            p.grad = None
+    if affine:
+        assert (norm.weight < 0).any(), "the test must cover negative scales (the min is picked there)"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_relu_max_duplicate_rows_send_the_gradient_to_their_point(backend):
+    """Ball query pads a group with copies of its first neighbour: equal rows. The gradient reaching the
+    points through the gather is the module path's."""
+    gen = torch.Generator().manual_seed(2)
+    points = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    idx = torch.randint(0, 30, (12, 6), generator=gen)
+    idx[:, 3:] = idx[:, :1]                                  # three padded copies per group
+    grad = torch.randn(12, 5, generator=gen, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        p = points.clone().requires_grad_()
+        norm = make_norm(5, torch.float64).train()
+        rows = p[idx.reshape(-1)]
+        out = (batch_norm_relu_max(rows, norm, 6, backend=backend) if fused
+               else torch.relu(norm(rows)).view(12, 6, 5).amax(dim=1))
+        out.backward(grad)
+        results.append((out.detach(), p.grad, norm.weight.grad, norm.bias.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_relu_max_propagates_nan(backend):
+    norm = make_norm(3, torch.float32).eval()
+    z = torch.randn(8, 3)
+    z[5, 1] = float("nan")
+    out = batch_norm_relu_max(z, norm, 4, backend=backend)
+    assert torch.isnan(out[1, 1]) and not torch.isnan(out[0]).any() and not torch.isnan(out[1, [0, 2]]).any()
+
+
+def test_batch_norm_relu_max_rejects_bad_shapes_and_backends():
+    norm = make_norm(3, torch.float32)
+    with pytest.raises(ValueError, match=r"\(G \* k, C\) with k = 4"):
+        batch_norm_relu_max(torch.randn(10, 3), norm, 4)
+    with pytest.raises(ValueError, match="unknown backend"):
+        batch_norm_relu_max(torch.randn(8, 3), norm, 4, backend="cuda")
+
+
+@needs_native
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_batch_norm_relu_equals_the_modules(training, dtype, tol):
+    gen = torch.Generator().manual_seed(3)
+    z = (torch.randn(300, 9, generator=gen) * 2 - 1).to(dtype)
+    grad = torch.randn(300, 9, generator=gen).to(dtype)
+    norm = make_norm(9, dtype).train(training)
+    reference = copy.deepcopy(norm)
+    got = run(batch_norm_relu, z, norm, grad)
+    want = run(lambda x, n: torch.relu(n(x)), z, reference, grad)
+    assert_same(got, want, tol)
+
+
+@pytest.mark.parametrize("width", [3, 6, 40])
+def test_linear_rows_equals_linear(width):
+    gen = torch.Generator().manual_seed(4)
+    linear = nn.Linear(width, 16).double()
+    x = torch.randn(500, width, generator=gen, dtype=torch.float64)
+    grad = torch.randn(500, 16, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (linear_rows, lambda a, m: m(a)):
+        a = x.clone().requires_grad_()
+        linear.zero_grad()
+        fn(a, linear).backward(grad)
+        results.append((a.grad, linear.weight.grad.clone(), linear.bias.grad.clone()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("params", [{}, {"mlp_bias": True, "scale_by_radius": False, "in_features": 2}])
+def test_pointnet2_fused_equals_modules_over_training_steps(params, compiled, monkeypatch):
+    """Three SGD steps of the fused tower and of fused=False from one initialisation: same embeddings,
+    parameters and running statistics (the fused path is an implementation, not a different model). SGD, not
+    Adam: a bias before a batch norm has a zero gradient up to rounding, which Adam would scale up to lr.
+    Without the compiled loops (a GPU, no C compiler) the fused path is the PyTorch one."""
+    if not compiled:
+        monkeypatch.setattr(ops_native, "supports", lambda *tensors: False)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 256, 3 + params.get("in_features", 0), generator=gen, dtype=torch.float64)
+    x[..., :3] /= x[..., :3].norm(dim=-1, keepdim=True)
+    torch.manual_seed(0)
+    fused = ENCODERS.build("pointnet2-ssg", **params).double().train()
+    plain = ENCODERS.build("pointnet2-ssg", fused=False, **params).double()
+    plain.load_state_dict(fused.state_dict())
+    plain.train()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (fused, plain)]
+    for _ in range(3):
+        outs = []
+        for model, opt in zip((fused, plain), opts):
+            opt.zero_grad()
+            out = model(x)
+            out.pow(2).mean().backward()
+            opt.step()
+            outs.append(out.detach())
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-9, rtol=1e-9)
+    for (name, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=name)
+    fused.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(fused.forward_dense(x), plain.forward_dense(x), atol=1e-9, rtol=1e-9)
+
+
+def test_pointnet2_replaced_norms_run_as_modules():
+    """SyncBatchNorm (what Lightning's sync_batchnorm puts in) is not bypassed by the fused path."""
+    torch.manual_seed(0)
+    model = ENCODERS.build("pointnet2-ssg").eval()
+    reference = ENCODERS.build("pointnet2-ssg", fused=False).eval()
+    reference.load_state_dict(model.state_dict())
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    x = torch.randn(2, 200, 3)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in synced.levels.modules()
+             if isinstance(m, nn.SyncBatchNorm)]
+    with torch.no_grad():
+        torch.testing.assert_close(synced(x), reference(x), atol=1e-5, rtol=1e-5)
+    assert len(calls) == len(hooks) == 8                      # every level's norm ran as its module
