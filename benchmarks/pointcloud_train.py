@@ -8,10 +8,13 @@ batch costs next to nothing beside the tower). Throughput is clouds/s over ``--s
 after ``--warmup`` steps.
 
 Model FLOPs per step are counted by :func:`alignkit.core.flops.step_flops` (``FlopCounterMode``) over one
-forward + backward: matmuls, convolutions and attention only, so elementwise ops, normalisation, max pooling,
+forward + backward of the module path (``fused=False`` for PointNet++: the model's FLOPs, whatever an
+implementation executes; the "executed" column counts the timed model's own matmuls): matmuls, convolutions and
+attention only, so elementwise ops, normalisation, max pooling,
 FPS and neighbour search are free in this count and the fraction is a lower bound of the hardware's
 use. The reference is the FLOP/s of a large float32 matmul (``--matmul-size``^3, best of 5) measured in
-the same run with the same ``--threads`` (default 1: the machine is shared). Times are this thread's CPU time
+the same run with the same ``--threads`` (default 1: the machine is shared), in every round beside the steps it is
+compared with (a neighbour's load then weighs on both). Times are this thread's CPU time
 with one thread (what a quiet core would take; ``--clock wall`` for wall time), the median of ``--repeats``
 rounds that alternate between the models.
 
@@ -39,11 +42,13 @@ from alignkit.core.encoders.base import count_parameters
 from alignkit.core.flops import matmul_flops_per_s, step_flops, utilisation
 from alignkit.core.registry import ENCODERS
 
-MODELS: Tuple[Tuple[str, str, dict], ...] = (
-    ("pointnet2-ssg", "pointnet2-ssg", {}),
-    ("pointnet2-ssg fused=False", "pointnet2-ssg", {"fused": False}),
-    ("pointbert", "pointbert", {}),
+MODELS: Tuple[Tuple[str, str, dict, dict], ...] = (
+    ("pointnet2-ssg", "pointnet2-ssg", {}, {"fused": False}),
+    ("pointnet2-ssg fused=False", "pointnet2-ssg", {"fused": False}, {"fused": False}),
+    ("pointbert", "pointbert", {}, {}),
 )
+"""(label, encoder, params, params of the twin whose FLOPs are counted): model FLOPs are the module path's, so an
+implementation that reaches the same values with fewer multiplications is credited, as MFU counts."""
 
 
 def keep_freed_memory() -> bool:
@@ -73,22 +78,26 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
 class Subject:
     """One model under test: built once, timed over several rounds."""
 
-    def __init__(self, label: str, name: str, params: dict, x: torch.Tensor):
+    def __init__(self, label: str, name: str, params: dict, counted: dict, x: torch.Tensor):
         torch.manual_seed(0)
         self.label, self.x = label, x
         self.model = ENCODERS.build(name, **params).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.flops = step_flops(lambda: self.model(x).pow(2).mean().backward())
+        self.executed = step_flops(lambda: self.model(x).pow(2).mean().backward())
+        twin = ENCODERS.build(name, **{**params, **counted}).train()
+        self.flops = step_flops(lambda: twin(x).pow(2).mean().backward())
         self.times: List[float] = []
+        self.fractions: List[float] = []
         self.faults: List[float] = []
 
-    def round(self, warmup: int, steps: int, clock: Callable[[], float]) -> None:
+    def round(self, warmup: int, steps: int, clock: Callable[[], float], peak: float) -> None:
         for _ in range(warmup):
             train_step(self.model, self.opt, self.x)
         faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, clock()
         for _ in range(steps):
             train_step(self.model, self.opt, self.x)
         self.times.append((clock() - start) / steps)
+        self.fractions.append(utilisation(self.flops, self.times[-1], peak))
         self.faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
 
     def median(self, values: List[float]) -> float:
@@ -99,13 +108,15 @@ def benchmark(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     kept = keep_freed_memory() if a.allocator == "keep" else False
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter
-    peak = matmul_flops_per_s(a.matmul_size, clock=clock)
     x = clouds(a.batch, a.points, seed=0)
-    subjects = [Subject(label, name, params, x) for label, name, params in MODELS]
-    for _ in range(a.repeats):
+    subjects = [Subject(label, name, params, counted, x) for label, name, params, counted in MODELS]
+    peaks: List[float] = []
+    for _ in range(a.repeats):      # the matmul rate is measured in each round, beside the steps it is compared with
+        peaks.append(matmul_flops_per_s(a.matmul_size, clock=clock, repeats=3))
         for subject in subjects:
-            subject.round(a.warmup, a.steps, clock)
-    header = ["backbone", "params", "GFLOP/cloud (fwd+bwd)", "step s", "clouds/s", "GFLOP/s", "of matmul",
+            subject.round(a.warmup, a.steps, clock, peaks[-1])
+    peak = sorted(peaks)[len(peaks) // 2]
+    header = ["backbone", "params", "GFLOP/cloud (fwd+bwd)", "executed", "step s", "clouds/s", "GFLOP/s", "of matmul",
               "page faults/step"]
     rows: List[List[str]] = []
     rates: Dict[str, float] = {}
@@ -113,11 +124,14 @@ def benchmark(a: argparse.Namespace) -> None:
         seconds = s.median(s.times)
         rates[s.label] = a.batch / seconds
         rows.append([s.label, f"{count_parameters(s.model) / 1e6:.2f}M", f"{s.flops / a.batch / 1e9:.3f}",
-                     f"{seconds:.3f}", f"{a.batch / seconds:.1f}", f"{s.flops / seconds / 1e9:.2f}",
-                     f"{utilisation(s.flops, seconds, peak):.1%}", f"{s.median(s.faults):.0f}"])
+                     f"{s.executed / a.batch / 1e9:.3f}", f"{seconds:.3f}", f"{a.batch / seconds:.1f}",
+                     f"{s.flops / seconds / 1e9:.2f}",
+                     f"{s.median(s.fractions):.1%}", f"{s.median(s.faults):.0f}"])
     allocator = "glibc keeping freed memory (mallopt)" if kept else "the system allocator as configured"
     print(f"training throughput: batch {a.batch} x {a.points} points, AdamW, threads={a.threads}, {a.clock} time, "
-          f"median of {a.repeats} rounds, {allocator}; matmul {a.matmul_size}^3 float32: {peak / 1e9:.1f} GFLOP/s")
+          f"median of {a.repeats} rounds, {allocator}; matmul {a.matmul_size}^3 float32: {peak / 1e9:.1f} GFLOP/s "
+          f"(median; rounds {min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f}); \"of matmul\": median over rounds of the "
+          "round's model FLOP/s over the round's matmul rate")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))

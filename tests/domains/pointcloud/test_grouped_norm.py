@@ -7,7 +7,8 @@ from torch import nn
 
 from alignkit.core.registry import ENCODERS
 from alignkit.domains.pointcloud import ops_native
-from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu, batch_norm_relu_max, linear_rows
+from alignkit.domains.pointcloud.models.grouped_norm import (batch_norm_relu, batch_norm_relu_max,
+                                                             linear_batch_norm_relu_max, linear_rows)
 
 BACKENDS = ["torch"] + (["native"] if ops_native.available() else [])
 needs_native = pytest.mark.skipif(not ops_native.available(), reason="no C compiler: the torch path is what runs")
@@ -115,6 +116,33 @@ def test_batch_norm_relu_equals_the_modules(training, dtype, tol):
     got = run(batch_norm_relu, z, norm, grad)
     want = run(lambda x, n: torch.relu(n(x)), z, reference, grad)
     assert_same(got, want, tol)
+
+
+@needs_native
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_linear_batch_norm_relu_max_equals_the_modules(training, bias, dtype, tol):
+    """The backward built from x A, the Gram matrix and the selected rows equals autograd through the modules:
+    input, weight, bias and norm gradients, and the running statistics."""
+    G, k, K, C = 48, 8, 6, 11
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randn(G * k, K, generator=gen) + 0.5).to(dtype)
+    grad = torch.randn(G, C, generator=gen).to(dtype)
+    linear = nn.Linear(K, C, bias=bias).to(dtype)
+    norm = make_norm(C, dtype).train(training)
+    reference_linear, reference_norm = copy.deepcopy(linear), copy.deepcopy(norm)
+    results = []
+    for lin, bn, fn in ((linear, norm, lambda a: linear_batch_norm_relu_max(a, linear, norm, k)),
+                        (reference_linear, reference_norm,
+                         lambda a: torch.relu(reference_norm(reference_linear(a))).view(G, k, C).amax(dim=1))):
+        a = x.clone().requires_grad_()
+        out = fn(a)
+        out.backward(grad)
+        results.append([out.detach(), a.grad, *(p.grad for p in lin.parameters()), *(p.grad for p in bn.parameters()),
+                        bn.running_mean, bn.running_var])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("width", [3, 6, 40])

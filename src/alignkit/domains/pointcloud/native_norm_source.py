@@ -181,4 +181,61 @@ int NAME(bnrelu_backward)(const T *g, const T *y, const T *z, int64_t R, int64_t
     parallel(NAME(bnrelu_grad_span), &c, R, threads);
     return 0;
 }
+
+/* ------------------------------- the selected rows' share of a grouped linear layer's gradients (z never stored) */
+typedef struct {
+    const T *x, *w, *add; const IT *rows; int64_t k, K, C; T *dx; int64_t G, parts; double *acc;
+} NAME(sparse_ctx);
+
+/* dx[g k + rows[g, c], :] += add[g, c] w[c, :] (groups own disjoint rows: no race) */
+HOT static void NAME(scatter_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(sparse_ctx) *c = (NAME(sparse_ctx) *)c_;
+    const int64_t k = c->k, K = c->K, C = c->C;
+    for (int64_t g = lo; g < hi; g++)
+        for (int64_t ch = 0; ch < C; ch++) {
+            const T a = c->add[g * C + ch];
+            const T *restrict w = c->w + ch * K;
+            T *restrict d = c->dx + (g * k + (int64_t)c->rows[g * C + ch]) * K;
+            for (int64_t j = 0; j < K; j++) { T p = a * w[j]; d[j] = d[j] + p; }
+        }
+}
+
+/* acc[part][c, :] = sum over its groups of add[g, c] x[g k + rows[g, c], :] */
+HOT static void NAME(gather_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(sparse_ctx) *c = (NAME(sparse_ctx) *)c_;
+    const int64_t k = c->k, K = c->K, C = c->C;
+    for (int64_t part = lo; part < hi; part++) {
+        double *restrict s = c->acc + C * K * part;
+        for (int64_t j = 0; j < C * K; j++) s[j] = 0;
+        for (int64_t g = c->G * part / c->parts; g < c->G * (part + 1) / c->parts; g++)
+            for (int64_t ch = 0; ch < C; ch++) {
+                const double a = (double)c->add[g * C + ch];
+                const T *restrict xr = c->x + (g * k + (int64_t)c->rows[g * C + ch]) * K;
+                double *restrict sc = s + ch * K;
+                for (int64_t j = 0; j < K; j++) sc[j] += a * (double)xr[j];
+            }
+    }
+}
+
+int NAME(rows_scatter)(T *dx, int64_t G, int64_t k, int64_t K, int64_t C, const IT *rows, const T *add,
+                       const T *w, int threads) {
+    NAME(sparse_ctx) c = {NULL, w, add, rows, k, K, C, dx, G, 0, NULL};
+    parallel(NAME(scatter_span), &c, G, threads);
+    return 0;
+}
+
+int NAME(rows_gather)(const T *x, int64_t G, int64_t k, int64_t K, int64_t C, const IT *rows, const T *add,
+                      double *out, int threads) {
+    int64_t parts = threads < 1 ? 1 : threads;
+    if (parts > G / 64 + 1) parts = G / 64 + 1;
+    double *acc = (double *)malloc(sizeof(double) * (size_t)(C * K * parts));
+    if (!acc) return 1;
+    NAME(sparse_ctx) c = {x, NULL, add, rows, k, K, C, NULL, G, parts, acc};
+    parallel(NAME(gather_span), &c, parts, threads);
+    for (int64_t j = 0; j < C * K; j++) out[j] = 0;
+    for (int64_t part = 0; part < parts; part++)
+        for (int64_t j = 0; j < C * K; j++) out[j] += acc[C * K * part + j];
+    free(acc);
+    return 0;
+}
 """

@@ -307,9 +307,15 @@ static void NAME(ball_span)(void *c_, int64_t lo, int64_t hi) {
         const T *q = c->query + 3 * r, *x = c->planes + (r / c->M) * N, *y = x + B * N, *z = y + B * N;
         int64_t *o = c->out + r * k, cnt = 0;
         for (int64_t n0 = 0; n0 < N && cnt < k; n0 += BLK) {
-            int64_t len = N - n0 < BLK ? N - n0 : BLK;
+            int64_t len = N - n0 < BLK ? N - n0 : BLK, j0 = 0;
             NAME(block)(x + n0, y + n0, z + n0, q[0], q[1], q[2], len, d);
-            for (int64_t j = 0; j < len && cnt < k; j++) if (d[j] < r2) o[cnt++] = n0 + j;
+            for (; j0 + W <= len && cnt < k; j0 += W) {        /* W at a time: most hold no neighbour */
+                int any = 0;
+                for (int l = 0; l < W; l++) any |= d[j0 + l] < r2;
+                if (!any) continue;
+                for (int l = 0; l < W && cnt < k; l++) if (d[j0 + l] < r2) o[cnt++] = n0 + j0 + l;
+            }
+            for (int64_t j = j0; j < len && cnt < k; j++) if (d[j] < r2) o[cnt++] = n0 + j;
         }
         if (cnt == 0) {                                  /* empty ball: the first nearest point */
             T best = (T)INFINITY;
@@ -388,6 +394,8 @@ def library() -> Optional[ctypes.CDLL]:
         getattr(lib, f"bnrelu_forward_{suffix}").argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
         getattr(lib, f"bnrelu_sums_{suffix}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, cint]
         getattr(lib, f"bnrelu_backward_{suffix}").argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"rows_scatter_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"rows_gather_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, cint]
     return lib
 
 

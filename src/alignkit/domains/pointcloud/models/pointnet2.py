@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud import ops_native
-from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu, batch_norm_relu_max, linear_rows
+from alignkit.domains.pointcloud.models.grouped_norm import (batch_norm_relu, batch_norm_relu_max,
+                                                             linear_batch_norm_relu_max, linear_rows)
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
 Count = Annotated[int, AT_LEAST_ONE]
@@ -145,9 +146,10 @@ class SetAbstraction(nn.Module):
         """(B, M, k, C_in) -> ``max_k MLP`` (B, M, out_dim).
 
         With ``fused`` (default) the level's last BatchNorm - ReLU and the max run as one op
-        (:func:`batch_norm_relu_max`), and on CPU the earlier BatchNorm - ReLU pairs too (:func:`batch_norm_relu`);
-        same values and gradients up to rounding. A norm that is not a plain BatchNorm1d (SyncBatchNorm under
-        DDP) runs as its module.
+        (:func:`batch_norm_relu_max`; on CPU with the linear layer before them, :func:`linear_batch_norm_relu_max`,
+        whose backward never forms the gradient of the grouped rows), and on CPU the earlier BatchNorm - ReLU pairs
+        too (:func:`batch_norm_relu`); same values and gradients up to rounding. A norm that is not a plain
+        BatchNorm1d (SyncBatchNorm under DDP) runs as its module.
         """
         B, M, k, _ = grouped.shape
         h = grouped.reshape(-1, grouped.shape[-1])
@@ -157,8 +159,11 @@ class SetAbstraction(nn.Module):
         native = ops_native.supports(h)
         for i in range(0, len(layers), 3):
             linear, norm, relu = layers[i:i + 3]
+            plain = type(norm) is nn.BatchNorm1d and isinstance(relu, nn.ReLU)
+            if native and plain and i + 3 == len(layers):
+                return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
             h = linear_rows(h, linear) if native else linear(h)
-            if type(norm) is not nn.BatchNorm1d or not isinstance(relu, nn.ReLU):
+            if not plain:
                 h = relu(norm(h))
             elif i + 3 == len(layers):
                 return batch_norm_relu_max(h, norm, k).reshape(B, M, -1)
