@@ -7,6 +7,24 @@ double); the selects are written as selects of loaded values so that they vector
 
 NORM_BODY = r"""
 /* ------------------------------------------- grouped rows: batch-norm statistics, signed max over k */
+/* Sums over parts: `n` items split into at most `threads` parts of at least `per` items; fn(ctx, lo, hi) runs over
+   part indices and fills, for each, `width` doubles of the scratch it finds at *acc_slot (*parts_slot: the count);
+   out[0:width] = the sum over parts. Returns 1 when the scratch cannot be allocated. */
+static int NAME(sum_parts)(span_fn fn, void *ctx, double **acc_slot, int64_t *parts_slot, int64_t n, int64_t per,
+                           int64_t width, double *out, int threads) {
+    int64_t parts = threads < 1 ? 1 : threads;
+    if (parts > n / per + 1) parts = n / per + 1;
+    double *acc = (double *)malloc(sizeof(double) * (size_t)(width * parts));
+    if (!acc) return 1;
+    *acc_slot = acc; *parts_slot = parts;
+    parallel(fn, ctx, parts, threads);
+    for (int64_t j = 0; j < width; j++) out[j] = 0;
+    for (int64_t part = 0; part < parts; part++)
+        for (int64_t j = 0; j < width; j++) out[j] += acc[width * part + j];
+    free(acc);
+    return 0;
+}
+
 typedef struct { const T *z; int64_t R, C, parts; double *acc; } NAME(stats_ctx);
 
 /* acc[part] = (sum, sum of squares) per channel over its rows, in double (a float's square is exact in double). */
@@ -23,18 +41,10 @@ HOT static void NAME(stats_span)(void *c_, int64_t lo, int64_t hi) {
     }
 }
 
-int NAME(bn_stats)(const T *z, int64_t R, int64_t C, double *sum, double *sumsq, int threads) {
-    int64_t parts = threads < 1 ? 1 : threads;
-    if (parts > R / 1024 + 1) parts = R / 1024 + 1;       /* at least ~1k rows a part */
-    double *acc = (double *)malloc(sizeof(double) * 2 * (size_t)(C * parts));
-    if (!acc) return 1;
-    NAME(stats_ctx) c = {z, R, C, parts, acc};
-    parallel(NAME(stats_span), &c, parts, threads);
-    for (int64_t j = 0; j < C; j++) { sum[j] = 0; sumsq[j] = 0; }
-    for (int64_t part = 0; part < parts; part++)
-        for (int64_t j = 0; j < C; j++) { sum[j] += acc[2 * C * part + j]; sumsq[j] += acc[2 * C * part + C + j]; }
-    free(acc);
-    return 0;
+/* out = (sum, sum of squares) per channel of z (R, C) */
+int NAME(bn_stats)(const T *z, int64_t R, int64_t C, double *out, int threads) {
+    NAME(stats_ctx) c = {z, R, C, 0, NULL};
+    return NAME(sum_parts)(NAME(stats_span), &c, &c.acc, &c.parts, R, 1024, 2 * C, out, threads);
 }
 
 typedef struct { const T *z; int64_t k, C; const T *sign; T *out; IT *idx; int nan; } NAME(select_ctx);
@@ -160,19 +170,11 @@ int NAME(bnrelu_forward)(const T *z, int64_t R, int64_t C, const T *scale, const
     return 0;
 }
 
-int NAME(bnrelu_sums)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *mean, double *sum,
-                      double *sumx, int threads) {
-    int64_t parts = threads < 1 ? 1 : threads;
-    if (parts > R / 1024 + 1) parts = R / 1024 + 1;
-    double *acc = (double *)malloc(sizeof(double) * 2 * (size_t)(C * parts));
-    if (!acc) return 1;
-    NAME(rows_ctx) c = {z, g, y, R, C, mean, NULL, NULL, NULL, parts, acc};
-    parallel(NAME(bnrelu_sums_span), &c, parts, threads);
-    for (int64_t j = 0; j < C; j++) { sum[j] = 0; sumx[j] = 0; }
-    for (int64_t part = 0; part < parts; part++)
-        for (int64_t j = 0; j < C; j++) { sum[j] += acc[2 * C * part + j]; sumx[j] += acc[2 * C * part + C + j]; }
-    free(acc);
-    return 0;
+/* out = (sum dy, sum dy (z - mean)) per channel */
+int NAME(bnrelu_sums)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *mean, double *out,
+                      int threads) {
+    NAME(rows_ctx) c = {z, g, y, R, C, mean, NULL, NULL, NULL, 0, NULL};
+    return NAME(sum_parts)(NAME(bnrelu_sums_span), &c, &c.acc, &c.parts, R, 1024, 2 * C, out, threads);
 }
 
 int NAME(bnrelu_backward)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *scale,
@@ -226,16 +228,7 @@ int NAME(rows_scatter)(T *dx, int64_t G, int64_t k, int64_t K, int64_t C, const 
 
 int NAME(rows_gather)(const T *x, int64_t G, int64_t k, int64_t K, int64_t C, const IT *rows, const T *add,
                       double *out, int threads) {
-    int64_t parts = threads < 1 ? 1 : threads;
-    if (parts > G / 64 + 1) parts = G / 64 + 1;
-    double *acc = (double *)malloc(sizeof(double) * (size_t)(C * K * parts));
-    if (!acc) return 1;
-    NAME(sparse_ctx) c = {x, NULL, add, rows, k, K, C, NULL, G, parts, acc};
-    parallel(NAME(gather_span), &c, parts, threads);
-    for (int64_t j = 0; j < C * K; j++) out[j] = 0;
-    for (int64_t part = 0; part < parts; part++)
-        for (int64_t j = 0; j < C * K; j++) out[j] += acc[C * K * part + j];
-    free(acc);
-    return 0;
+    NAME(sparse_ctx) c = {x, NULL, add, rows, k, K, C, NULL, G, 0, NULL};
+    return NAME(sum_parts)(NAME(gather_span), &c, &c.acc, &c.parts, G, 64, C * K, out, threads);
 }
 """

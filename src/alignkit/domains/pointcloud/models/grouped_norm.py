@@ -33,10 +33,9 @@ from alignkit.domains.pointcloud import ops_native
 def batch_norm_stats(z: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-channel (sum, sum of squares) of the rows of z (R, C), float64, accumulated in double."""
     z = z.detach().contiguous()
-    R, C = z.shape
-    total, squares = torch.empty(C, dtype=torch.float64), torch.empty(C, dtype=torch.float64)
-    ops_native.call("bn_stats", z.dtype, z.data_ptr(), R, C, total.data_ptr(), squares.data_ptr())
-    return total, squares
+    out = torch.empty(2 * z.shape[1], dtype=torch.float64)
+    ops_native.call("bn_stats", z.dtype, z.data_ptr(), z.shape[0], z.shape[1], out.data_ptr())
+    return out[:z.shape[1]], out[z.shape[1]:]
 
 
 def index_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,11 +86,10 @@ def bn_relu_forward(z: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 def bn_relu_sums(grad: Tensor, y: Tensor, z: Tensor, mean: Tensor) -> Tuple[Tensor, Tensor]:
     """Per channel, in float64: ``sum dy`` and ``sum dy (z - mean)`` with ``dy = grad * (y > 0)``."""
     grad, y, z = grad.contiguous(), y.detach().contiguous(), z.detach().contiguous()
-    mean = _vec(mean, z.dtype)
-    total, moment = torch.empty(z.shape[1], dtype=torch.float64), torch.empty(z.shape[1], dtype=torch.float64)
+    mean, out = _vec(mean, z.dtype), torch.empty(2 * z.shape[1], dtype=torch.float64)
     ops_native.call("bnrelu_sums", z.dtype, grad.data_ptr(), y.data_ptr(), z.data_ptr(), z.shape[0], z.shape[1],
-                    mean.data_ptr(), total.data_ptr(), moment.data_ptr())
-    return total, moment
+                    mean.data_ptr(), out.data_ptr())
+    return out[:z.shape[1]], out[z.shape[1]:]
 
 
 def bn_relu_backward(grad: Tensor, y: Tensor, z: Tensor, scale: Tensor, slope: Tensor, offset: Tensor) -> Tensor:
@@ -285,9 +283,9 @@ def linear_rows(x: Tensor, linear: nn.Linear) -> Tensor:
 def rows_scatter(dx: Tensor, k: int, rows: Tensor, add: Tensor, weight: Tensor) -> None:
     """In place: ``dx[g k + rows[g, c]] += add[g, c] weight[c]`` for dx (G k, K), rows/add (G, C), weight (C, K)."""
     G, C = add.shape
-    rows, add = rows.to(index_dtype(dx.dtype)).contiguous(), _vec(add, dx.dtype)
+    rows, add, weight = rows.to(index_dtype(dx.dtype)).contiguous(), _vec(add, dx.dtype), _vec(weight, dx.dtype)
     ops_native.call("rows_scatter", dx.dtype, dx.data_ptr(), G, k, dx.shape[1], C, rows.data_ptr(), add.data_ptr(),
-                    _vec(weight, dx.dtype).data_ptr())
+                    weight.data_ptr())         # every pointer from a named tensor: alive through the call
 
 
 def rows_gather(x: Tensor, k: int, rows: Tensor, add: Tensor) -> Tensor:
