@@ -15,6 +15,11 @@ The backward is batch norm's, with the upstream gradient non-zero only at the se
 (statistics are accumulated in double on CPU); the running statistics are updated as
 :class:`torch.nn.BatchNorm1d` does, ``num_batches_tracked`` included.
 
+:func:`linear_batch_norm_relu_max` takes the level's last linear layer in too: its backward never forms the
+(G k, C) gradient of the linear output (the Gram matrix of the layer's input and the selected rows suffice).
+:func:`batch_norm_relu` (the other BatchNorm - ReLU pairs) and :func:`linear_rows` (a 3-column first layer) are the
+level's other CPU passes.
+
 On CPU the statistics and the selection run as compiled loops (C source in :mod:`..native_norm_source`, built
 into :mod:`..ops_native`'s library); elsewhere, or when z holds a NaN, the same computation runs in PyTorch.
 """
