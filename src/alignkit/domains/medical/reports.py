@@ -1,4 +1,5 @@
-"""Free-text radiology reports: sections, cleaning, sentences, the training text and negation.
+"""Free-text radiology reports: sections, cleaning, sentences, the training text and negation (and the grading of
+an echo report's ejection fraction, shared by the synthetic echo reports and the echo interpreter).
 
 Shared by the chest X-ray and echocardiography readers. Every rule is stated where it is applied:
 
@@ -253,6 +254,15 @@ def split_sentences(text: str) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------ training text
+
+def ef_grade(ef: float) -> str:
+    """ASE grading of an EF (%): >= 55 normal, 45-54 mildly, 30-44 moderately, < 30 severely reduced."""
+    if ef >= 55:
+        return "normal"
+    if ef >= 45:
+        return "mildly reduced"
+    return "moderately reduced" if ef >= 30 else "severely reduced"
+
 
 REPORT_RULES = ("any", "first", "all")
 

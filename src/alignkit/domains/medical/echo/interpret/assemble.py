@@ -35,7 +35,7 @@ from alignkit.domains.medical.echo.interpret.calibration import SUMMARY_SECTIONS
 from alignkit.domains.medical.echo.interpret.card import MISSING_CARD
 from alignkit.domains.medical.echo.interpret.embedding import StudySet, retrieve_labels
 from alignkit.domains.medical.echo.interpret.index import ReportIndex
-from alignkit.domains.medical.reports import clean_report
+from alignkit.domains.medical.reports import clean_report, ef_grade
 from alignkit.domains.medical.retrieval_reports import (AssessedSection, ScoreCheck, assess_section, check_scores,
                                                         decide_finding, drop_sentences, stated_finding,
                                                         top_candidates)
@@ -66,15 +66,6 @@ EF_SENTENCE = re.compile(r"\b(?:ejection fraction|LVEF|EF)\b|(?:left ventricular
                          re.IGNORECASE)
 """Sentences about the EF or the LV systolic function: removed from retrieved text (the estimate speaks instead)."""
 EF_SECTION = "left ventricle"
-
-
-def ef_grade(ef: float) -> str:
-    """ASE grading of an EF (%): >= 55 normal, 45-54 mildly, 30-44 moderately, < 30 severely reduced."""
-    if ef >= 55:
-        return "normal"
-    if ef >= 45:
-        return "mildly reduced"
-    return "moderately reduced" if ef >= 30 else "severely reduced"
 
 
 @dataclass

@@ -12,18 +12,10 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from alignkit.domains.medical.echo.synthetic.plans import FINDINGS, StudyPlan
+from alignkit.domains.medical.reports import ef_grade
 
 _INDICATIONS = ("Dyspnea.", "Evaluate left ventricular function.", "Chest pain.", "Murmur.", "Atrial fibrillation.",
                 "Shortness of breath on exertion.", "Pre-operative assessment.", "Syncope.", "Hypertension.")
-
-
-def _ef_category(ef: float) -> str:
-    """ASE grading of the EF (%): >= 55 normal, 45-54 mildly, 30-44 moderately, < 30 severely reduced."""
-    if ef >= 55:
-        return "normal"
-    if ef >= 45:
-        return "mildly reduced"
-    return "moderately reduced" if ef >= 30 else "severely reduced"
 
 
 def _ef_sentence(ef: float, rng: np.random.Generator) -> str:
@@ -89,7 +81,7 @@ def write_report(plan: StudyPlan, rng: np.random.Generator) -> str:
     """The sectioned report of ``plan`` (see the module docstring): headers in capitals with a colon, either
     on their own line or followed by the text; every simulated finding is stated positive or negated."""
     ef = 100.0 * plan.ef
-    category = _ef_category(ef)
+    category = ef_grade(ef)
     function = _choose(rng, (f"Overall left ventricular systolic function is {category}.",
                              f"{category.capitalize()} global left ventricular systolic function."))
     sections: List[Tuple[str, str]] = [("INDICATION", _choose(rng, _INDICATIONS)),
