@@ -132,16 +132,46 @@ def _select(z3: Tensor, sign: Tensor, native: bool) -> Tuple[Tensor, Tensor]:
     return torch.where(keep, top, low), torch.where(keep, top_idx, low_idx)
 
 
+def _pick(z3: Tensor, scale: Tensor, shift: Tensor, native: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """``max_k ReLU(scale z + shift)`` of z3 (G, k, C): (the picked z, their rows, the output), picking the max of z
+    where ``scale >= 0`` and the min where it is negative."""
+    picked, rows = _select(z3, torch.where(scale < 0, -1.0, 1.0).to(z3.dtype), native)
+    return picked, rows, torch.relu(torch.addcmul(shift, picked, scale))
+
+
+def _affine(weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor, eps: float
+            ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Batch norm as the per-channel map ``scale z + shift``: (invstd, scale, shift)."""
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else weight * invstd
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return invstd, scale, shift
+
+
+def _input_grad_map(scale: Tensor, invstd: Tensor, mean: Tensor, dy_sum: Tensor, dyx_sum: Tensor, rows: int,
+                    batch_stats: bool) -> Tuple[Tensor, Tensor]:
+    """(slope, offset): batch norm's input gradient is ``scale dy + slope z + offset``; the last two come through the
+    batch mean and variance (``dy_sum = sum dy``, ``dyx_sum = sum dy xhat`` over ``rows`` rows), zero with running
+    statistics."""
+    if not batch_stats:
+        return torch.zeros_like(scale), torch.zeros_like(scale)
+    slope = -scale * invstd * dyx_sum / rows
+    return slope, -scale * dy_sum / rows - slope * mean
+
+
+def _picked_sums(grad: Tensor, out: Tensor, picked: Tensor, mean: Tensor, invstd: Tensor
+                 ) -> Tuple[Tensor, Tensor, Tensor]:
+    """At the selected rows of a fused max: ``dy = grad (out > 0)`` (G, C), ``sum dy`` and ``sum dy xhat``."""
+    dy = grad * (out > 0)
+    return dy, dy.sum(0), (dy * (picked - mean) * invstd).sum(0)
+
+
 class _BatchNormReluMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z3: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
                 var: Tensor, eps: float, batch_stats: bool, native: bool) -> Tensor:
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else weight * invstd
-        shift = -mean * scale if bias is None else bias - mean * scale
-        sign = torch.where(scale < 0, -1.0, 1.0).to(z3.dtype)
-        picked, rows = _select(z3, sign, native)
-        out = torch.relu(torch.addcmul(shift, picked, scale))
+        invstd, scale, shift = _affine(weight, bias, mean, var, eps)
+        picked, rows, out = _pick(z3, scale, shift, native)
         ctx.save_for_backward(z3, rows, picked, out, mean, invstd, scale)
         ctx.batch_stats, ctx.native, ctx.affine = batch_stats, native, (weight is not None, bias is not None)
         return out
@@ -150,16 +180,10 @@ class _BatchNormReluMax(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         z3, rows, picked, out, mean, invstd, scale = ctx.saved_tensors
         G, k, C = z3.shape
-        dy = grad * (out > 0)                                     # (G, C): dL/dBN at the selected rows
-        xhat = (picked - mean) * invstd
-        dy_sum, dyx_sum = dy.sum(0), (dy * xhat).sum(0)
+        dy, dy_sum, dyx_sum = _picked_sums(grad, out, picked, mean, invstd)
         dz: Optional[Tensor] = None
         if ctx.needs_input_grad[0]:
-            if ctx.batch_stats:                                   # through the batch mean and variance: affine in z
-                slope = -scale * invstd * dyx_sum / (G * k)
-                offset = -scale * dy_sum / (G * k) - slope * mean
-            else:
-                slope = offset = torch.zeros_like(scale)
+            slope, offset = _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, G * k, ctx.batch_stats)
             if ctx.native and rows.dtype == index_dtype(z3.dtype):
                 dz = group_unselect(z3, slope, offset, rows, scale * dy)
             else:
@@ -219,9 +243,7 @@ class _BatchNormRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor,
                 eps: float, batch_stats: bool) -> Tensor:
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else weight * invstd
-        shift = -mean * scale if bias is None else bias - mean * scale
+        invstd, scale, shift = _affine(weight, bias, mean, var, eps)
         out = bn_relu_forward(z, scale, shift)
         ctx.save_for_backward(z, out, mean, invstd, scale)
         ctx.batch_stats, ctx.affine = batch_stats, (weight is not None, bias is not None)
@@ -234,11 +256,7 @@ class _BatchNormRelu(torch.autograd.Function):
         dy_sum, dyx_sum = dy_sum.to(z.dtype), (moment * invstd).to(z.dtype)
         dz: Optional[Tensor] = None
         if ctx.needs_input_grad[0]:
-            if ctx.batch_stats:
-                slope = -scale * invstd * dyx_sum / z.shape[0]
-                offset = -scale * dy_sum / z.shape[0] - slope * mean
-            else:
-                slope = offset = torch.zeros_like(scale)
+            slope, offset = _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, z.shape[0], ctx.batch_stats)
             dz = bn_relu_backward(grad, out, z, scale, slope, offset)
         weight_grad = dyx_sum if ctx.affine[0] and ctx.needs_input_grad[1] else None
         bias_grad = dy_sum if ctx.affine[1] and ctx.needs_input_grad[2] else None
@@ -315,12 +333,8 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
                 nbias: Optional[Tensor], z: Tensor, mean: Tensor, var: Tensor, eps: float, batch_stats: bool,
                 k: int) -> Tensor:
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if nweight is None else nweight * invstd
-        shift = -mean * scale if nbias is None else nbias - mean * scale
-        sign = torch.where(scale < 0, -1.0, 1.0).to(z.dtype)
-        picked, rows = _select(z.reshape(-1, k, z.shape[1]), sign, True)
-        out = torch.relu(torch.addcmul(shift, picked, scale))
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        picked, rows, out = _pick(z.reshape(-1, k, z.shape[1]), scale, shift, True)
         ctx.save_for_backward(x, weight, lbias, rows, picked, out, mean, invstd, scale)
         ctx.batch_stats, ctx.k, ctx.has = batch_stats, k, (nweight is not None, nbias is not None)
         return out
@@ -329,14 +343,8 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, lbias, rows, picked, out, mean, invstd, scale = ctx.saved_tensors
         rows_total, k = x.shape[0], ctx.k
-        dy = grad * (out > 0)
-        xhat = (picked - mean) * invstd
-        dy_sum, dyx_sum = dy.sum(0), (dy * xhat).sum(0)
-        if ctx.batch_stats:
-            slope = -scale * invstd * dyx_sum / rows_total
-            offset = -scale * dy_sum / rows_total - slope * mean
-        else:
-            slope = offset = torch.zeros_like(scale)
+        dy, dy_sum, dyx_sum = _picked_sums(grad, out, picked, mean, invstd)
+        slope, offset = _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, rows_total, ctx.batch_stats)
         add = scale * dy                              # (G, C): dz at the selected rows beyond slope z + offset
         bias = torch.zeros_like(scale) if lbias is None else lbias
         dx = dw = db = None

@@ -160,18 +160,13 @@ class SetAbstraction(nn.Module):
         for i in range(0, len(layers), 3):
             linear, norm, relu = layers[i:i + 3]
             plain = type(norm) is nn.BatchNorm1d and isinstance(relu, nn.ReLU)
-            if native and plain and i + 3 == len(layers):
-                return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
+            if plain and i + 3 == len(layers):
+                if native:
+                    return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
+                return batch_norm_relu_max(linear(h), norm, k).reshape(B, M, -1)
             h = linear_rows(h, linear) if native else linear(h)
-            if not plain:
-                h = relu(norm(h))
-            elif i + 3 == len(layers):
-                return batch_norm_relu_max(h, norm, k).reshape(B, M, -1)
-            elif native:
-                h = batch_norm_relu(h, norm)
-            else:
-                h = relu(norm(h))
-        return h.reshape(B, M, k, -1).amax(dim=2)
+            h = batch_norm_relu(h, norm) if native and plain else relu(norm(h))
+        return h.reshape(B, M, k, -1).amax(dim=2)       # the last norm was replaced (SyncBatchNorm): modules
 
 
 class FeaturePropagation(nn.Module):
