@@ -31,6 +31,14 @@ def test_conv_step_flops_equal_the_analytic_count() -> None:
     assert step_flops(lambda: conv(x).sum().backward()) == 3 * forward
 
 
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_linear_pointwise"), reason="no oneDNN linear op in this torch")
+def test_onednn_linear_counts_as_its_matmul() -> None:
+    """The point towers run float32 rows through oneDNN's linear op: counted as ``2 rows in out``, as F.linear."""
+    x, w, b = torch.randn(6, 10, 16), torch.randn(8, 16), torch.randn(8)
+    onednn = step_flops(lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""))
+    assert onednn == step_flops(lambda: nn.functional.linear(x, w, b)) == 2 * 60 * 16 * 8
+
+
 def test_flop_counting_by_hand_matches_step_flops() -> None:
     layer, x = nn.Linear(8, 8), torch.randn(3, 8)
     counting = FlopCounting()

@@ -3,9 +3,9 @@
 - :func:`step_flops`: FLOPs of one call of ``step`` (a forward + backward), counted by
   ``torch.utils.flop_counter.FlopCounterMode``: matmuls (``2 m n k`` for ``(m, k) @ (k, n)``),
   convolutions (``2 * output elements * C_in / groups * kernel volume``) and attention, forward and
-  backward (the backward of a matmul is two matmuls: ``4 m n k``). Elementwise ops, normalisation,
-  pooling, indexing, sorting and the optimiser are free in this count, so a utilisation computed from
-  it is a lower bound of the hardware's use.
+  backward (the backward of a matmul is two matmuls: ``4 m n k``); oneDNN's CPU linear op counts as its
+  matmul. Elementwise ops, normalisation, pooling, indexing, sorting and the optimiser are free in this count,
+  so a utilisation computed from it is a lower bound of the hardware's use.
 - :func:`matmul_flops_per_s`: the FLOP/s of a large square matmul measured here and now
   (``2 n^3 / t``, best of ``repeats``): float32 on CPU; bfloat16 or TF32 on CUDA.
 - :data:`PEAK_BF16_FLOPS` / :func:`peak_bf16_flops`: a GPU's dense (no sparsity) bfloat16
@@ -19,13 +19,14 @@ does not recognise the plain name ``NVIDIA H200``.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 PEAK_BF16_FLOPS: Tuple[Tuple[str, str, float], ...] = (
     # (device, pattern searched in the lower-cased torch.cuda.get_device_name, dense bf16 FLOP/s)
@@ -59,6 +60,20 @@ def peak_bf16_flops(device_name: Optional[str] = None) -> Optional[Tuple[str, fl
         if re.search(pattern, name):
             return device, flops
     return None
+
+
+def _register_onednn_linear() -> None:
+    """Count oneDNN's CPU linear op (``mkldnn._linear_pointwise``, which PyTorch's inductor emits and the point
+    towers call for float32 rows) as the matmul it is: ``2 * rows * in_features * out_features``."""
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return
+
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _linear_pointwise_flops(x_shape: Tuple[int, ...], w_shape: Tuple[int, ...], *args: Any, **kwargs: Any) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
+
+
+_register_onednn_linear()
 
 
 def step_flops(step: Callable[[], Any]) -> int:

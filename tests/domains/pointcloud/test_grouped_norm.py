@@ -7,8 +7,10 @@ from torch import nn
 
 from alignkit.core.registry import ENCODERS
 from alignkit.domains.pointcloud import ops_native
+from alignkit.domains.pointcloud.models import grouped_norm, rows_linear
 from alignkit.domains.pointcloud.models.grouped_norm import (batch_norm_relu, batch_norm_relu_max,
-                                                             linear_batch_norm_relu_max, linear_rows)
+                                                             linear_batch_norm_relu_max, narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.models.rows_linear import dense, linear_rows
 
 BACKENDS = ["torch"] + (["native"] if ops_native.available() else [])
 needs_native = pytest.mark.skipif(not ops_native.available(), reason="no C compiler: the torch path is what runs")
@@ -145,6 +147,91 @@ def test_linear_batch_norm_relu_max_equals_the_modules(training, bias, dtype, to
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
 
 
+@needs_native
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_batch_norm_relu_max_in_blocks_and_with_nan(bias, monkeypatch):
+    """The linear output is computed a few groups at a time (blocks of BLOCK_BYTES, the last one partial): same
+    values as the modules; a NaN row takes PyTorch's max and propagates as the module path does."""
+    monkeypatch.setattr(grouped_norm, "BLOCK_BYTES", 3 * 8 * 5 * 4)       # 3 groups of 8 rows x 5 channels
+    torch.manual_seed(0)
+    G, k, K, C = 10, 8, 4, 5
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(G * k, K, generator=gen)
+    linear, norm = nn.Linear(K, C, bias=bias), make_norm(C, torch.float32).eval()
+    with torch.no_grad():
+        want = torch.relu(norm(linear(x))).view(G, k, C).amax(dim=1)
+        torch.testing.assert_close(linear_batch_norm_relu_max(x, linear, norm, k), want, atol=1e-5, rtol=1e-5)
+        x[13, 2] = float("nan")                                          # group 1
+        got = linear_batch_norm_relu_max(x, linear, norm, k)
+    assert torch.isnan(got[1]).all() and not torch.isnan(got[[0, *range(2, G)]]).any()
+
+
+@needs_native
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("width", [3, 6])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_narrow_batch_norm_relu_equals_the_modules(training, bias, input_grad, width, dtype, tol):
+    """The first layer over xyz offsets, its linear output never formed: statistics from x's mean and covariance,
+    gradients from ``sum dy`` and ``dy^T x``; equal to Linear - BatchNorm - ReLU through autograd in float64 (the
+    float32 module path is itself up to ~3e-4 from it: the reference is float64 for both dtypes), input gradient
+    included when x needs one, running statistics and num_batches_tracked too."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(600, width, generator=gen, dtype=torch.float64) * 0.7 + 0.3
+    grad = torch.randn(600, 12, generator=gen, dtype=torch.float64)
+    linear = nn.Linear(width, 12, bias=bias).to(dtype)
+    norm = make_norm(12, dtype).train(training)
+    reference_linear, reference_norm = copy.deepcopy(linear).double(), copy.deepcopy(norm).double()
+    results = []
+    for lin, bn, fn, kind in ((linear, norm, lambda a: narrow_batch_norm_relu(a, linear, norm), dtype),
+                              (reference_linear, reference_norm,
+                               lambda a: torch.relu(reference_norm(reference_linear(a))), torch.float64)):
+        a = x.to(kind).requires_grad_(input_grad)
+        for _ in range(2):                                   # twice: the running statistics compound
+            lin.zero_grad(), bn.zero_grad()
+            out = fn(a)
+            out.backward(grad.to(kind))
+        results.append([out.detach(), *(p.grad for p in lin.parameters()), *(p.grad for p in bn.parameters()),
+                        bn.running_mean, bn.running_var, bn.num_batches_tracked, a.grad])
+    for got, want in zip(*results):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
+
+
+def test_narrow_batch_norm_relu_rejects_wide_inputs():
+    with pytest.raises(ValueError, match="K <= 8"):
+        narrow_batch_norm_relu(torch.randn(10, 9), nn.Linear(9, 4), nn.BatchNorm1d(4))
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("width", [3, 40])
+def test_linear_rows_float32_equals_linear(width, onednn, monkeypatch):
+    """float32 rows go through oneDNN's linear where this torch has it (both ways: forward and input gradient)."""
+    if not onednn:
+        monkeypatch.setattr(rows_linear, "onednn_linear", lambda: False)
+    elif not rows_linear.onednn_linear():
+        pytest.skip("this torch has no oneDNN linear op")
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(9)
+    linear = nn.Linear(width, 24)
+    x, grad = torch.randn(700, width, generator=gen), torch.randn(700, 24, generator=gen)
+    torch.testing.assert_close(dense(x, linear.weight.detach(), linear.bias.detach()),
+                               nn.functional.linear(x, linear.weight, linear.bias).detach(), atol=1e-5, rtol=1e-5)
+    results = []
+    for fn in (linear_rows, lambda a, m: m(a)):
+        a = x.clone().requires_grad_()
+        linear.zero_grad()
+        out = fn(a, linear)
+        out.backward(grad)
+        results.append((out.detach(), a.grad, linear.weight.grad.clone(), linear.bias.grad.clone()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("width", [3, 6, 40])
 def test_linear_rows_equals_linear(width):
     gen = torch.Generator().manual_seed(4)
@@ -194,6 +281,35 @@ def test_pointnet2_fused_equals_modules_over_training_steps(params, compiled, mo
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(fused.forward_dense(x), plain.forward_dense(x), atol=1e-9, rtol=1e-9)
+
+
+def test_pointnet2_fused_float32_step_matches_float64_modules():
+    """float32, where oneDNN's linear and the float-blocked sums run: one training step's embeddings, gradients and
+    running statistics against the module path in float64 (the truth up to 1e-15). The fused float32 step is
+    within 5e-5 of it, and nearer than the module path in float32 (whose batch norms lose more to rounding)."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(8, 512, 3, generator=gen)
+    x /= x.norm(dim=-1, keepdim=True)
+    torch.manual_seed(0)
+    fused = ENCODERS.build("pointnet2-ssg").train()
+    plain, truth = ENCODERS.build("pointnet2-ssg", fused=False), ENCODERS.build("pointnet2-ssg", fused=False).double()
+    plain.load_state_dict(fused.state_dict()), truth.load_state_dict(fused.state_dict())
+    models = (fused, plain.train(), truth.train())
+    outs = []
+    for model in models:
+        out = model(x.to(next(model.parameters()).dtype))
+        out.pow(2).mean().backward()
+        outs.append(out.detach().double())
+    errors = {"fused": [], "plain": []}
+    for name, model, out in zip(errors, models, outs):
+        errors[name].append(((out - outs[2]).abs().max() / outs[2].abs().max()).item())
+        for p, t in zip(model.parameters(), truth.parameters()):
+            if t.grad is not None:
+                errors[name].append(((p.grad.double() - t.grad).abs().max() / t.grad.abs().max()).item())
+        for a, t in zip(model.state_dict().values(), truth.state_dict().values()):
+            errors[name].append(((a.double() - t.double()).abs().max() / t.double().abs().max()).item())
+    assert max(errors["fused"]) < 5e-5, errors["fused"]
+    assert max(errors["fused"]) <= max(errors["plain"]), (errors["fused"], errors["plain"])
 
 
 def test_pointnet2_replaced_norms_run_as_modules():

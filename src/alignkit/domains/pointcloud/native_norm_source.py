@@ -79,6 +79,36 @@ int NAME(group_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sig
     parallel(NAME(select_span), &c, G, threads);
     return c.nan;
 }
+
+typedef struct { NAME(select_ctx) sel; int64_t G, parts; double *acc; } NAME(stats_select_ctx);
+
+/* Per part of the groups: group_select's pick, and (sum, sum of squares) per channel into acc[part]. */
+HOT static void NAME(stats_select_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(stats_select_ctx) *c = (NAME(stats_select_ctx) *)c_;
+    const int64_t k = c->sel.k, C = c->sel.C;
+    for (int64_t part = lo; part < hi; part++) {
+        const int64_t g0 = c->G * part / c->parts, g1 = c->G * (part + 1) / c->parts;
+        double *restrict s = c->acc + 2 * C * part, *restrict q = s + C;
+        for (int64_t j = 0; j < C; j++) { s[j] = 0; q[j] = 0; }
+        const T *restrict rows = c->sel.z + g0 * k * C;
+        for (int64_t r = 0; r < (g1 - g0) * k; r++)
+            for (int64_t j = 0; j < C; j++) { double v = (double)rows[r * C + j]; s[j] += v; q[j] += v * v; }
+        NAME(select_span)(&c->sel, g0, g1);
+    }
+}
+
+/* z (G, k, C), a block of the rows (in cache): group_select into out/idx, and acc[0:2C] += (sum, sum of squares)
+   per channel. Returns 1 when z holds a NaN, 2 when the scratch cannot be allocated. */
+int NAME(stats_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sign, T *out, IT *idx, double *acc,
+                       int threads) {
+    NAME(stats_select_ctx) c = {{z, k, C, sign, out, idx, 0}, G, 0, NULL};
+    double *part_sums = (double *)malloc(sizeof(double) * (size_t)(2 * C));
+    if (!part_sums) return 2;
+    int failed = NAME(sum_parts)(NAME(stats_select_span), &c, &c.acc, &c.parts, G, 8, 2 * C, part_sums, threads);
+    for (int64_t j = 0; j < 2 * C; j++) acc[j] += part_sums[j];
+    free(part_sums);
+    return failed ? 2 : c.sel.nan;
+}
 typedef struct {
     const T *z; int64_t k, C; const T *slope, *offset; const IT *rows; const T *add; T *dz;
 } NAME(unselect_ctx);
@@ -127,21 +157,31 @@ HOT static void NAME(bnrelu_span)(void *c_, int64_t lo, int64_t hi) {
     }
 }
 
-/* acc[part] = per channel (sum dy, sum dy (z - mean)) with dy = g where y > 0 (a = mean here), in double */
+/* acc[part] = per channel (sum dy, sum dy (z - mean)) with dy = g where y > 0 (a = mean here): rows summed in T
+   over blocks of 16 rows (the block's terms are its own rows' products, in cache), the blocks in double */
 HOT static void NAME(bnrelu_sums_span)(void *c_, int64_t lo, int64_t hi) {
     NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
     const int64_t C = c->C;
     const T *restrict mean = c->a;
+    T blk[2 * C];
+    T *restrict ts = blk, *restrict tq = blk + C;
     for (int64_t part = lo; part < hi; part++) {
         double *restrict s = c->acc + 2 * C * part, *restrict q = s + C;
         for (int64_t j = 0; j < C; j++) { s[j] = 0; q[j] = 0; }
-        for (int64_t r = c->R * part / c->parts; r < c->R * (part + 1) / c->parts; r++) {
-            const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
-            for (int64_t j = 0; j < C; j++) {
-                T pass = yr[j] > 0 ? gr[j] : (T)0;
-                double dy = (double)pass;
-                s[j] += dy; q[j] += dy * ((double)zr[j] - (double)mean[j]);
+        const int64_t r0 = c->R * part / c->parts, r1 = c->R * (part + 1) / c->parts;
+        for (int64_t b0 = r0; b0 < r1; b0 += 16) {
+            const int64_t b1 = b0 + 16 < r1 ? b0 + 16 : r1;
+            for (int64_t j = 0; j < C; j++) { ts[j] = 0; tq[j] = 0; }
+            for (int64_t r = b0; r < b1; r++) {
+                const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
+                for (int64_t j = 0; j < C; j++) {
+                    T dy = yr[j] > 0 ? gr[j] : (T)0;
+                    T centred = zr[j] - mean[j];
+                    T p = dy * centred;
+                    ts[j] = ts[j] + dy; tq[j] = tq[j] + p;
+                }
             }
+            for (int64_t j = 0; j < C; j++) { s[j] += (double)ts[j]; q[j] += (double)tq[j]; }
         }
     }
 }
@@ -182,6 +222,118 @@ int NAME(bnrelu_backward)(const T *g, const T *y, const T *z, int64_t R, int64_t
     NAME(rows_ctx) c = {z, g, y, R, C, scale, slope, offset, out, 0, NULL};
     parallel(NAME(bnrelu_grad_span), &c, R, threads);
     return 0;
+}
+
+/* ------------------------- a narrow first layer (x of K <= 8 columns) with its batch norm and ReLU: z never stored */
+typedef struct { const T *x, *g, *y; int64_t R, K, C; const T *wt, *b; T *out; int64_t parts; double *acc; }
+    NAME(narrow_ctx);
+
+/* out[r, c] = max(b[c] + sum_k x[r, k] wt[k, c], 0); KK: K as a constant (the k loop unrolls, j vectorises) */
+#define NARROW_ROWS(KK)                                                                                  \
+    for (int64_t r = lo; r < hi; r++) {                                                                 \
+        const T *restrict xr = x + r * (KK);                                                            \
+        T *restrict o = out + r * C;                                                                    \
+        for (int64_t j = 0; j < C; j++) {                                                               \
+            T v = b[j];                                                                                 \
+            for (int64_t k = 0; k < (KK); k++) { T p = xr[k] * wt[k * C + j]; v = v + p; }             \
+            o[j] = v > 0 ? v : 0;                                                                       \
+        }                                                                                               \
+    }
+HOT static void NAME(narrow_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(narrow_ctx) *c = (NAME(narrow_ctx) *)c_;
+    const int64_t C = c->C;
+    const T *restrict x = c->x, *restrict wt = c->wt, *restrict b = c->b;
+    T *restrict out = c->out;
+    switch (c->K) {
+        case 1: NARROW_ROWS(1) break;
+        case 2: NARROW_ROWS(2) break;
+        case 3: NARROW_ROWS(3) break;
+        case 4: NARROW_ROWS(4) break;
+        case 5: NARROW_ROWS(5) break;
+        case 6: NARROW_ROWS(6) break;
+        case 7: NARROW_ROWS(7) break;
+        default: NARROW_ROWS(8) break;
+    }
+}
+#undef NARROW_ROWS
+
+/* acc[part] = per channel sum dy (C), then sum dy x[:, k] for each k (K rows of C), dy = g where y > 0; rows are
+   summed in T over blocks of NB rows, the blocks in double */
+#define NB 16
+#define NARROW_SUMS(KK)                                                                                  \
+    for (int64_t r = b0; r < b1; r++) {                                                                 \
+        const T *restrict gr = g + r * C, *restrict yr = y + r * C, *restrict xr = x + r * (KK);       \
+        for (int64_t j = 0; j < C; j++) {                                                               \
+            T d = yr[j] > 0 ? gr[j] : (T)0;                                                             \
+            t[j] = t[j] + d;                                                                            \
+            for (int64_t k = 0; k < (KK); k++) { T p = d * xr[k]; t[(1 + k) * C + j] = t[(1 + k) * C + j] + p; } \
+        }                                                                                               \
+    }
+HOT static void NAME(narrow_sums_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(narrow_ctx) *c = (NAME(narrow_ctx) *)c_;
+    const int64_t K = c->K, C = c->C, width = (1 + K) * C;
+    const T *restrict g = c->g, *restrict y = c->y, *restrict x = c->x;
+    T blk[width];                                  /* width <= 9 C: on the stack */
+    T *restrict t = blk;
+    for (int64_t part = lo; part < hi; part++) {
+        double *restrict s = c->acc + width * part;
+        for (int64_t j = 0; j < width; j++) s[j] = 0;
+        const int64_t r0 = c->R * part / c->parts, r1 = c->R * (part + 1) / c->parts;
+        for (int64_t b0 = r0; b0 < r1; b0 += NB) {
+            const int64_t b1 = b0 + NB < r1 ? b0 + NB : r1;
+            for (int64_t j = 0; j < width; j++) t[j] = 0;
+            switch (K) {
+                case 1: NARROW_SUMS(1) break;
+                case 2: NARROW_SUMS(2) break;
+                case 3: NARROW_SUMS(3) break;
+                case 4: NARROW_SUMS(4) break;
+                case 5: NARROW_SUMS(5) break;
+                case 6: NARROW_SUMS(6) break;
+                case 7: NARROW_SUMS(7) break;
+                default: NARROW_SUMS(8) break;
+            }
+            for (int64_t j = 0; j < width; j++) s[j] += (double)t[j];
+        }
+    }
+}
+#undef NARROW_SUMS
+#undef NB
+
+/* acc[part] = (sum x[:, k] (K), sum x[:, k] x[:, l] (K x K)) over its rows, in double */
+HOT static void NAME(narrow_moments_span)(void *c_, int64_t lo, int64_t hi) {
+    NAME(narrow_ctx) *c = (NAME(narrow_ctx) *)c_;
+    const int64_t K = c->K;
+    for (int64_t part = lo; part < hi; part++) {
+        double *restrict s = c->acc + (K + K * K) * part, *restrict q = s + K;
+        for (int64_t j = 0; j < K + K * K; j++) s[j] = 0;
+        for (int64_t r = c->R * part / c->parts; r < c->R * (part + 1) / c->parts; r++) {
+            const T *restrict xr = c->x + r * K;
+            for (int64_t k = 0; k < K; k++) {
+                const double v = (double)xr[k];
+                s[k] += v;
+                for (int64_t l = 0; l < K; l++) q[k * K + l] += v * (double)xr[l];
+            }
+        }
+    }
+}
+
+/* out = (column sums (K), Gram matrix x^T x (K x K)) of x (R, K), in double */
+int NAME(narrow_moments)(const T *x, int64_t R, int64_t K, double *out, int threads) {
+    NAME(narrow_ctx) c = {x, NULL, NULL, R, K, 0, NULL, NULL, NULL, 0, NULL};
+    return NAME(sum_parts)(NAME(narrow_moments_span), &c, &c.acc, &c.parts, R, 1024, K + K * K, out, threads);
+}
+
+int NAME(narrow_relu)(const T *x, int64_t R, int64_t K, int64_t C, const T *wt, const T *b, T *out, int threads) {
+    NAME(narrow_ctx) c = {x, NULL, NULL, R, K, C, wt, b, out, 0, NULL};
+    parallel(NAME(narrow_span), &c, R, threads);
+    return 0;
+}
+
+/* out = (sum dy, sum dy x[:, 0], ..., sum dy x[:, K-1]) per channel: (1 + K) x C doubles */
+int NAME(narrow_sums)(const T *g, const T *y, const T *x, int64_t R, int64_t K, int64_t C, double *out,
+                      int threads) {
+    NAME(narrow_ctx) c = {x, g, y, R, K, C, NULL, NULL, NULL, 0, NULL};
+    return NAME(sum_parts)(NAME(narrow_sums_span), &c, &c.acc, &c.parts, R, 1024, (1 + K) * C, out, threads);
 }
 
 /* ------------------------------- the selected rows' share of a grouped linear layer's gradients (z never stored) */

@@ -25,12 +25,13 @@ into :mod:`..ops_native`'s library); elsewhere, or when z holds a NaN, the same 
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from alignkit.domains.pointcloud import ops_native
+from alignkit.domains.pointcloud.models.rows_linear import NARROW, dense
 
 
 # ---------------------------------------------------------------- the compiled passes (ops_native's library)
@@ -107,13 +108,17 @@ def bn_relu_backward(grad: Tensor, y: Tensor, z: Tensor, scale: Tensor, slope: T
     return out
 
 
+def _moments(total: Tensor, squares: Tensor, rows: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """Biased mean and variance in ``dtype`` from float64 per-channel sums and sums of squares over ``rows`` rows."""
+    mean = total / rows
+    var = (squares / rows - mean * mean).clamp_min(0)
+    return mean.to(dtype), var.to(dtype)
+
+
 def _stats(z: Tensor, native: bool) -> Tuple[Tensor, Tensor]:
     """Biased per-channel mean and variance of z (R, C), in z's dtype."""
     if native:
-        total, squares = batch_norm_stats(z)
-        mean = total / z.shape[0]
-        var = (squares / z.shape[0] - mean * mean).clamp_min(0)
-        return mean.to(z.dtype), var.to(z.dtype)
+        return _moments(*batch_norm_stats(z), z.shape[0], z.dtype)
     var, mean = torch.var_mean(z, dim=0, unbiased=False)
     return mean, var
 
@@ -194,8 +199,10 @@ class _BatchNormReluMax(torch.autograd.Function):
         return dz, weight_grad, bias_grad, None, None, None, None, None
 
 
-def _statistics(z: Tensor, norm: nn.BatchNorm1d, native: bool) -> Tuple[Tensor, Tensor, bool]:
-    """(mean, var, batch_stats) that ``norm(z)`` would normalise with; updates its running statistics and
+def _statistics(norm: nn.BatchNorm1d, rows: int, moments: Callable[[], Tuple[Tensor, Tensor]]
+                ) -> Tuple[Tensor, Tensor, bool]:
+    """(mean, var, batch_stats) that ``norm`` would normalise a batch of ``rows`` rows with (``moments()``: their
+    biased mean and variance, called only when the batch's are used); updates its running statistics and
     ``num_batches_tracked`` as :class:`torch.nn.BatchNorm1d`'s forward does."""
     batch_stats = norm.training or norm.running_mean is None
     factor = 0.0
@@ -206,9 +213,8 @@ def _statistics(z: Tensor, norm: nn.BatchNorm1d, native: bool) -> Tuple[Tensor, 
         assert norm.running_mean is not None and norm.running_var is not None
         return norm.running_mean.detach(), norm.running_var.detach(), False
     with torch.no_grad():
-        mean, var = _stats(z.detach(), native)
+        mean, var = moments()
         if norm.training and norm.running_mean is not None and norm.running_var is not None:
-            rows = z.shape[0]
             norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
             norm.running_var.mul_(1 - factor).add_(var * (rows / max(rows - 1, 1)), alpha=factor)
     return mean, var, True
@@ -234,7 +240,7 @@ def batch_norm_relu_max(z: Tensor, norm: nn.BatchNorm1d, k: int, backend: str = 
     if z.dim() != 2 or z.shape[0] % k:
         raise ValueError(f"batch_norm_relu_max expects z of shape (G * k, C) with k = {k}; got {tuple(z.shape)}")
     native = _check_backend(z, backend)
-    mean, var, batch_stats = _statistics(z, norm, native)
+    mean, var, batch_stats = _statistics(norm, z.shape[0], lambda: _stats(z.detach(), native))
     z3 = z.reshape(z.shape[0] // k, k, z.shape[1])
     return _BatchNormReluMax.apply(z3, norm.weight, norm.bias, mean, var, norm.eps, batch_stats, native)
 
@@ -270,37 +276,85 @@ def batch_norm_relu(z: Tensor, norm: nn.BatchNorm1d) -> Tensor:
     if z.dim() != 2:
         raise ValueError(f"batch_norm_relu expects rows (R, C); got {tuple(z.shape)}")
     _check_backend(z, "native")
-    mean, var, batch_stats = _statistics(z, norm, True)
+    mean, var, batch_stats = _statistics(norm, z.shape[0], lambda: _stats(z.detach(), True))
     return _BatchNormRelu.apply(z.contiguous(), norm.weight, norm.bias, mean, var, norm.eps, batch_stats)
 
 
-class _NarrowLinear(torch.autograd.Function):
-    """``x W^T`` whose weight gradient is computed as ``(x^T g)^T``: for an input of few columns (the xyz offsets
-    of a first PointNet++ level) BLAS runs ``g^T x`` (C_out x R times R x 3) several times slower."""
+class _NarrowBatchNormRelu(torch.autograd.Function):
+    """``ReLU(BN(x W^T + b))`` for x of few columns, z never formed: the forward is one compiled pass
+    ``max(x (diag(scale) W)^T + (scale b + shift), 0)``; the backward needs only ``sum dy`` and ``P = dy^T x``
+    (one pass over the output gradient and the output): with ``dz = scale dy + slope z + offset``,
+    ``sum dy (z - mean) = rowsum(P * W) + sum dy (b - mean)``, ``dW = scale P + slope (W x^T x + b 1^T x) +
+    offset 1^T x``; the input gradient ``dz W`` is formed only when x needs one."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        return nn.functional.linear(x, weight)            # not x @ weight.t(): 3.5x slower for 3 columns on CPU
+    def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
+                nbias: Optional[Tensor], mean: Tensor, var: Tensor, eps: float, batch_stats: bool, colsum: Tensor,
+                gram: Tensor) -> Tensor:
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        bias = torch.zeros_like(scale) if lbias is None else lbias
+        wt, b = _vec((weight * scale[:, None]).t(), x.dtype), _vec(scale * bias + shift, x.dtype)
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        ops_native.call("narrow_relu", x.dtype, x.data_ptr(), x.shape[0], x.shape[1], weight.shape[0], wt.data_ptr(),
+                        b.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(x, weight, bias, out, mean, invstd, scale, colsum, gram)
+        ctx.batch_stats, ctx.has = batch_stats, (lbias is not None, nweight is not None, nbias is not None)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        x, weight = ctx.saved_tensors
-        dx = grad @ weight if ctx.needs_input_grad[0] else None
-        dw = (x.t() @ grad).t() if ctx.needs_input_grad[1] else None
-        return dx, dw
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias, out, mean, invstd, scale, colsum, gram = ctx.saved_tensors
+        R, K = x.shape
+        C = weight.shape[0]
+        grad = grad.contiguous()
+        sums = torch.empty((1 + K) * C, dtype=torch.float64)
+        ops_native.call("narrow_sums", x.dtype, grad.data_ptr(), out.data_ptr(), x.data_ptr(), R, K, C,
+                        sums.data_ptr())
+        dy_sum, moment = sums[:C], sums[C:].view(K, C).t()                  # sum dy (C), P = dy^T x (C, K)
+        w, b, mu, inv, sc = (t.double() for t in (weight, bias, mean, invstd, scale))     # (C)-sized: in double
+        dyx_sum = ((moment * w).sum(1) + dy_sum * (b - mu)) * inv
+        slope, offset = _input_grad_map(sc, inv, mu, dy_sum, dyx_sum, R, ctx.batch_stats)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dz = scale * grad * (out > 0) + slope.to(x.dtype) * nn.functional.linear(x, weight, bias)
+            dx = (dz + offset.to(x.dtype)) @ weight
+        if ctx.needs_input_grad[1]:
+            dw = sc[:, None] * moment + slope[:, None] * (w @ gram + b[:, None] * colsum[None, :])
+            dw = (dw + offset[:, None] * colsum[None, :]).to(x.dtype)
+        if ctx.has[0] and ctx.needs_input_grad[2]:
+            db = (sc * dy_sum + slope * (colsum @ w.t() + R * b) + R * offset).to(x.dtype)
+        nweight_grad = dyx_sum.to(x.dtype) if ctx.has[1] and ctx.needs_input_grad[3] else None
+        nbias_grad = dy_sum.to(x.dtype) if ctx.has[2] and ctx.needs_input_grad[4] else None
+        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None
 
 
-NARROW = 8
-"""Inputs with at most this many columns take :class:`_NarrowLinear`'s weight gradient."""
+def narrow_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> Tensor:
+    """``ReLU(norm(linear(x)))`` for rows x (R, K) of ``K <= NARROW`` columns (a first PointNet++ layer over xyz
+    offsets): the (R, C) linear output is never formed (:class:`_NarrowBatchNormRelu`); its batch statistics come
+    from x's mean and covariance (``mean_z = W mean_x + b``, ``var_z = diag(W cov_x W^T)``, float64). ``norm`` used
+    and updated as calling it would; compiled loops needed. Same values and gradients as the modules up to
+    rounding."""
+    if x.dim() != 2 or x.shape[1] > NARROW:
+        raise ValueError(f"narrow_batch_norm_relu expects rows (R, K) with K <= {NARROW}; got {tuple(x.shape)}")
+    _check_backend(x, "native")
+    x = x.contiguous()
+    R, K = x.shape
+    sums = torch.empty(K + K * K, dtype=torch.float64)
+    ops_native.call("narrow_moments", x.dtype, x.data_ptr(), R, K, sums.data_ptr())
+    colsum, gram = sums[:K], sums[K:].view(K, K)
+    mean_x = colsum / R
+    cov = gram / R - mean_x[:, None] * mean_x[None, :]
 
+    def moments() -> Tuple[Tensor, Tensor]:
+        w = linear.weight.detach().double()
+        mean = w @ mean_x
+        if linear.bias is not None:
+            mean = mean + linear.bias.detach().double()
+        return mean.to(x.dtype), ((w @ cov) * w).sum(1).clamp_min(0).to(x.dtype)
 
-def linear_rows(x: Tensor, linear: nn.Linear) -> Tensor:
-    """``linear(x)`` for rows x (R, C); through :class:`_NarrowLinear` when ``C <= NARROW`` (same values)."""
-    if x.shape[-1] > NARROW or x.dim() != 2:
-        return linear(x)
-    out = _NarrowLinear.apply(x, linear.weight)
-    return out if linear.bias is None else out + linear.bias
+    mean, var, batch_stats = _statistics(norm, R, moments)
+    return _NarrowBatchNormRelu.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, mean, var, norm.eps,
+                                      batch_stats, colsum, gram)
 
 
 def rows_scatter(dx: Tensor, k: int, rows: Tensor, add: Tensor, weight: Tensor) -> None:
@@ -321,6 +375,40 @@ def rows_gather(x: Tensor, k: int, rows: Tensor, add: Tensor) -> Tensor:
     return out
 
 
+BLOCK_BYTES = 1 << 20
+""":func:`linear_stats_select` computes the linear output in blocks of whole groups of about this size (in cache)."""
+
+
+def linear_stats_select(x: Tensor, weight: Tensor, bias: Optional[Tensor], sign: Tensor, k: int
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For ``z = x W^T + b`` over groups of k rows of x (G k, K), never stored whole: per-channel float64 (sum, sum
+    of squares) of z, and per group and channel the value of z maximising ``sign * z`` (G, C) and its row
+    (:func:`index_dtype`). z is computed (:func:`dense`) a block of groups of about :data:`BLOCK_BYTES` at a time
+    and read while in cache (statistics and selection in one compiled pass): the (G k, C) output never reaches
+    memory."""
+    x, weight = x.detach().contiguous(), weight.detach()
+    G, C = x.shape[0] // k, weight.shape[0]
+    per = max(1, min(G, BLOCK_BYTES // max(1, k * C * x.element_size())))
+    picked, rows = torch.empty(G, C, dtype=x.dtype), torch.empty(G, C, dtype=index_dtype(x.dtype))
+    sums = torch.zeros(2 * C, dtype=torch.float64)
+    sign = sign.to(x.dtype).contiguous()
+    fn = getattr(ops_native.library(), f"stats_select_{ops_native.DTYPES[x.dtype][0]}")
+    nan = False
+    for g0 in range(0, G, per):
+        g1 = min(G, g0 + per)
+        z = dense(x[g0 * k:g1 * k], weight, None if bias is None else bias.detach())
+        status = fn(z.data_ptr(), g1 - g0, k, C, sign.data_ptr(), picked[g0].data_ptr(), rows[g0].data_ptr(),
+                    sums.data_ptr(), torch.get_num_threads())
+        if status == 2:
+            raise MemoryError("native point op 'stats_select' could not allocate its scratch memory")
+        nan = nan or status == 1
+    if nan:                                     # a NaN: PyTorch's max propagates it as the module path does
+        z = nn.functional.linear(x, weight, None if bias is None else bias.detach())
+        picked, rows = _select(z.view(G, k, C), sign, False)
+        rows = rows.to(index_dtype(x.dtype))
+    return sums[:C], sums[C:], picked * sign, rows
+
+
 class _LinearBatchNormReluMax(torch.autograd.Function):
     """``max_k ReLU(BN(x W^T + b))`` whose backward never forms the (G k, C) gradient of ``z = x W^T + b``.
 
@@ -331,10 +419,10 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
-                nbias: Optional[Tensor], z: Tensor, mean: Tensor, var: Tensor, eps: float, batch_stats: bool,
-                k: int) -> Tensor:
+                nbias: Optional[Tensor], picked: Tensor, rows: Tensor, mean: Tensor, var: Tensor, eps: float,
+                batch_stats: bool, k: int) -> Tensor:
         invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
-        picked, rows, out = _pick(z.reshape(-1, k, z.shape[1]), scale, shift, True)
+        out = torch.relu(torch.addcmul(shift, picked, scale))
         ctx.save_for_backward(x, weight, lbias, rows, picked, out, mean, invstd, scale)
         ctx.batch_stats, ctx.k, ctx.has = batch_stats, k, (nweight is not None, nbias is not None)
         return out
@@ -350,7 +438,7 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             if ctx.batch_stats:
-                dx = torch.addmm((slope * bias + offset) @ weight, x, weight.t() @ (slope[:, None] * weight))
+                dx = dense(x, weight.t() @ (slope[:, None] * weight), (slope * bias + offset) @ weight)  # A = A^T
             else:
                 dx = torch.zeros_like(x)
             rows_scatter(dx, k, rows, add, weight)
@@ -367,7 +455,7 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
                     db = db + slope * (colsum @ weight.t() + rows_total * bias) + rows_total * offset
         nweight_grad = dyx_sum if ctx.has[0] and ctx.needs_input_grad[3] else None
         nbias_grad = dy_sum if ctx.has[1] and ctx.needs_input_grad[4] else None
-        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None
+        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None, None
 
 
 def linear_batch_norm_relu_max(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d, k: int) -> Tensor:
@@ -380,8 +468,10 @@ def linear_batch_norm_relu_max(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1
                          f"got {tuple(x.shape)}")
     _check_backend(x, "native")
     x = x.contiguous()
-    with torch.no_grad():
-        z = nn.functional.linear(x, linear.weight, linear.bias)
-    mean, var, batch_stats = _statistics(z, norm, True)
-    return _LinearBatchNormReluMax.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, z, mean, var,
-                                         norm.eps, batch_stats, k)
+    sign = torch.ones(linear.out_features, dtype=x.dtype)
+    if norm.weight is not None:                 # the sign of batch norm's scale (gamma / std): gamma's
+        sign = torch.where(norm.weight.detach() < 0, -1.0, 1.0).to(x.dtype)
+    total, squares, picked, rows = linear_stats_select(x, linear.weight, linear.bias, sign, k)
+    mean, var, batch_stats = _statistics(norm, x.shape[0], lambda: _moments(total, squares, x.shape[0], x.dtype))
+    return _LinearBatchNormReluMax.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, picked, rows, mean,
+                                         var, norm.eps, batch_stats, k)

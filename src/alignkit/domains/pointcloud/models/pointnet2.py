@@ -22,7 +22,8 @@ from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud import ops_native
 from alignkit.domains.pointcloud.models.grouped_norm import (batch_norm_relu, batch_norm_relu_max,
-                                                             linear_batch_norm_relu_max, linear_rows)
+                                                             linear_batch_norm_relu_max, narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.models.rows_linear import NARROW, linear_rows
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
 Count = Annotated[int, AT_LEAST_ONE]
@@ -164,6 +165,9 @@ class SetAbstraction(nn.Module):
                 if native:
                     return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
                 return batch_norm_relu_max(linear(h), norm, k).reshape(B, M, -1)
+            if native and plain and h.shape[-1] <= NARROW:
+                h = narrow_batch_norm_relu(h, linear, norm)
+                continue
             h = linear_rows(h, linear) if native else linear(h)
             h = batch_norm_relu(h, norm) if native and plain else relu(norm(h))
         return h.reshape(B, M, k, -1).amax(dim=2)       # the last norm was replaced (SyncBatchNorm): modules
