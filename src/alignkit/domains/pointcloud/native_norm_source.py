@@ -140,9 +140,11 @@ int NAME(group_unselect)(const T *z, int64_t G, int64_t k, int64_t C, const T *s
     parallel(NAME(unselect_span), &c, G, threads);
     return 0;
 }
-/* ---------------------------------------------- batch norm + ReLU over rows (R, C): apply, gradient */
+/* ---------------------------------------------- batch norm + ReLU over rows (R, C): apply, gradient
+   y = max(a z + b, 0) with a = scale, b = shift; the backward recomputes y > 0 from z with the same two roundings
+   (a z, then + b: no contraction), so y itself is never read back. */
 typedef struct {
-    const T *z, *g, *y; int64_t R, C; const T *a, *b, *c; T *out; int64_t parts; double *acc;
+    const T *z, *g; int64_t R, C; const T *a, *b, *mean, *slope, *offset; T *out; int64_t parts; double *acc;
 } NAME(rows_ctx);
 
 /* out = max(a z + b, 0) */
@@ -157,12 +159,12 @@ HOT static void NAME(bnrelu_span)(void *c_, int64_t lo, int64_t hi) {
     }
 }
 
-/* acc[part] = per channel (sum dy, sum dy (z - mean)) with dy = g where y > 0 (a = mean here): rows summed in T
-   over blocks of 16 rows (the block's terms are its own rows' products, in cache), the blocks in double */
+/* acc[part] = per channel (sum dy, sum dy (z - mean)) with dy = g where a z + b > 0: rows summed in T over blocks
+   of 16 rows, the blocks in double */
 HOT static void NAME(bnrelu_sums_span)(void *c_, int64_t lo, int64_t hi) {
     NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
     const int64_t C = c->C;
-    const T *restrict mean = c->a;
+    const T *restrict a = c->a, *restrict b = c->b, *restrict mean = c->mean;
     T blk[2 * C];
     T *restrict ts = blk, *restrict tq = blk + C;
     for (int64_t part = lo; part < hi; part++) {
@@ -173,9 +175,11 @@ HOT static void NAME(bnrelu_sums_span)(void *c_, int64_t lo, int64_t hi) {
             const int64_t b1 = b0 + 16 < r1 ? b0 + 16 : r1;
             for (int64_t j = 0; j < C; j++) { ts[j] = 0; tq[j] = 0; }
             for (int64_t r = b0; r < b1; r++) {
-                const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
+                const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C;
                 for (int64_t j = 0; j < C; j++) {
-                    T dy = yr[j] > 0 ? gr[j] : (T)0;
+                    T v = a[j] * zr[j];
+                    v = v + b[j];
+                    T dy = v > 0 ? gr[j] : (T)0;
                     T centred = zr[j] - mean[j];
                     T p = dy * centred;
                     ts[j] = ts[j] + dy; tq[j] = tq[j] + p;
@@ -186,40 +190,42 @@ HOT static void NAME(bnrelu_sums_span)(void *c_, int64_t lo, int64_t hi) {
     }
 }
 
-/* out = (y > 0 ? a g : 0) + b z + c */
+/* out = (a z + b > 0 ? a g : 0) + slope z + offset */
 HOT static void NAME(bnrelu_grad_span)(void *c_, int64_t lo, int64_t hi) {
     NAME(rows_ctx) *c = (NAME(rows_ctx) *)c_;
     const int64_t C = c->C;
-    const T *restrict a = c->a, *restrict b = c->b, *restrict off = c->c;
+    const T *restrict a = c->a, *restrict b = c->b, *restrict slope = c->slope, *restrict off = c->offset;
     for (int64_t r = lo; r < hi; r++) {
-        const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C, *restrict yr = c->y + r * C;
+        const T *restrict zr = c->z + r * C, *restrict gr = c->g + r * C;
         T *restrict o = c->out + r * C;
         for (int64_t j = 0; j < C; j++) {
-            T v = b[j] * zr[j];
+            T y = a[j] * zr[j];
+            y = y + b[j];
+            T v = slope[j] * zr[j];
             v = v + off[j];
             T d = a[j] * gr[j];
-            T extra = yr[j] > 0 ? d : (T)0;
+            T extra = y > 0 ? d : (T)0;
             o[j] = v + extra;
         }
     }
 }
 
 int NAME(bnrelu_forward)(const T *z, int64_t R, int64_t C, const T *scale, const T *shift, T *out, int threads) {
-    NAME(rows_ctx) c = {z, NULL, NULL, R, C, scale, shift, NULL, out, 0, NULL};
+    NAME(rows_ctx) c = {z, NULL, R, C, scale, shift, NULL, NULL, NULL, out, 0, NULL};
     parallel(NAME(bnrelu_span), &c, R, threads);
     return 0;
 }
 
 /* out = (sum dy, sum dy (z - mean)) per channel */
-int NAME(bnrelu_sums)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *mean, double *out,
-                      int threads) {
-    NAME(rows_ctx) c = {z, g, y, R, C, mean, NULL, NULL, NULL, 0, NULL};
+int NAME(bnrelu_sums)(const T *g, const T *z, int64_t R, int64_t C, const T *scale, const T *shift, const T *mean,
+                      double *out, int threads) {
+    NAME(rows_ctx) c = {z, g, R, C, scale, shift, mean, NULL, NULL, NULL, 0, NULL};
     return NAME(sum_parts)(NAME(bnrelu_sums_span), &c, &c.acc, &c.parts, R, 1024, 2 * C, out, threads);
 }
 
-int NAME(bnrelu_backward)(const T *g, const T *y, const T *z, int64_t R, int64_t C, const T *scale,
+int NAME(bnrelu_backward)(const T *g, const T *z, int64_t R, int64_t C, const T *scale, const T *shift,
                           const T *slope, const T *offset, T *out, int threads) {
-    NAME(rows_ctx) c = {z, g, y, R, C, scale, slope, offset, out, 0, NULL};
+    NAME(rows_ctx) c = {z, g, R, C, scale, shift, NULL, slope, offset, out, 0, NULL};
     parallel(NAME(bnrelu_grad_span), &c, R, threads);
     return 0;
 }

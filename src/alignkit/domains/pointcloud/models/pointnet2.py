@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud import ops_native
-from alignkit.domains.pointcloud.models.grouped_norm import (batch_norm_relu, batch_norm_relu_max,
-                                                             linear_batch_norm_relu_max, narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu_max
+from alignkit.domains.pointcloud.models.linear_norm import (linear_batch_norm_relu, linear_batch_norm_relu_max,
+                                                            narrow_batch_norm_relu)
 from alignkit.domains.pointcloud.models.rows_linear import NARROW, linear_rows
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
@@ -147,10 +148,10 @@ class SetAbstraction(nn.Module):
         """(B, M, k, C_in) -> ``max_k MLP`` (B, M, out_dim).
 
         With ``fused`` (default) the level's last BatchNorm - ReLU and the max run as one op
-        (:func:`batch_norm_relu_max`; on CPU with the linear layer before them, :func:`linear_batch_norm_relu_max`,
-        whose backward never forms the gradient of the grouped rows), and on CPU the earlier BatchNorm - ReLU pairs
-        too (:func:`batch_norm_relu`); same values and gradients up to rounding. A norm that is not a plain
-        BatchNorm1d (SyncBatchNorm under DDP) runs as its module.
+        (:func:`batch_norm_relu_max`), and on CPU every ``Linear - BatchNorm - ReLU`` layer runs as one op
+        (:mod:`.linear_norm`: the first over xyz offsets, the middle ones, the last with the max); same values and
+        gradients up to rounding. A norm that is not a plain BatchNorm1d (SyncBatchNorm under DDP) runs as its
+        module.
         """
         B, M, k, _ = grouped.shape
         h = grouped.reshape(-1, grouped.shape[-1])
@@ -165,11 +166,11 @@ class SetAbstraction(nn.Module):
                 if native:
                     return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
                 return batch_norm_relu_max(linear(h), norm, k).reshape(B, M, -1)
-            if native and plain and h.shape[-1] <= NARROW:
-                h = narrow_batch_norm_relu(h, linear, norm)
-                continue
-            h = linear_rows(h, linear) if native else linear(h)
-            h = batch_norm_relu(h, norm) if native and plain else relu(norm(h))
+            if native and plain:
+                fused = narrow_batch_norm_relu if h.shape[-1] <= NARROW else linear_batch_norm_relu
+                h = fused(h, linear, norm)
+            else:
+                h = relu(norm(linear_rows(h, linear) if native else linear(h)))
         return h.reshape(B, M, k, -1).amax(dim=2)       # the last norm was replaced (SyncBatchNorm): modules
 
 

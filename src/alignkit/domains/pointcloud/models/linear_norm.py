@@ -1,0 +1,304 @@
+"""A PointNet++ level's ``Linear - BatchNorm - ReLU`` layers as single CPU ops over its (G k, K) grouped rows.
+
+Batch norm is a per-channel affine map once its statistics are known, so the backward of ``BN(x W^T + b)`` is
+``dz = scale dy + slope z + offset`` with per-channel ``slope``/``offset`` (:func:`.grouped_norm._input_grad_map`):
+what a level needs of its linear outputs can be had without storing or re-reading all of them.
+
+- :func:`narrow_batch_norm_relu`: the first layer over xyz offsets (``K <= 8`` columns): the forward is one pass
+  ``max(x W'^T + b', 0)``, its statistics come from x's mean and covariance, its backward from ``sum dy`` and
+  ``dy^T x``: the (G k, C) linear output is never formed.
+- :func:`linear_batch_norm_relu`: the middle layers: z is kept for the backward, but the output y is never read
+  back (the ReLU mask is recomputed from z) and dz is formed a block of rows at a time in cache, consumed there by
+  ``dW += dz^T x``, ``dx = dz W``.
+- :func:`linear_batch_norm_relu_max`: the last layer with the max over each group: the linear output is computed
+  a block at a time in cache with its statistics, selection, column sums and Gram matrix, never stored; the
+  backward is ``dx = x A + const + S W``, ``dW`` from the Gram matrix and the selected rows.
+
+Every op uses and updates the BatchNorm1d as calling it would (batch or running statistics, momentum,
+``num_batches_tracked``), and equals ``Linear - BatchNorm - ReLU`` through autograd up to rounding (float32 results
+are nearer the float64 truth than the module path's, the statistics and sums being accumulated in double). The
+compiled loops (:mod:`..native_norm_source`) are needed: callers run the modules where they are not available.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from alignkit.domains.pointcloud import ops_native
+from alignkit.domains.pointcloud.models.grouped_norm import (_affine, _check_backend, _input_grad_map, _moments,
+                                                             _picked_sums, _select, _statistics, _stats, _vec,
+                                                             bn_relu_backward, bn_relu_forward, bn_relu_sums,
+                                                             index_dtype)
+from alignkit.domains.pointcloud.models.rows_linear import NARROW, dense
+
+BLOCK_BYTES = 1 << 20
+"""Blocks of rows of about this size (in cache) for the linear outputs and gradients formed a block at a time."""
+
+
+def _block_rows(width: int, dtype: torch.dtype, multiple: int = 1) -> int:
+    """Rows per block: whole multiples of ``multiple`` (a group's k rows), rows of ``width`` values of ``dtype``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return multiple * max(1, BLOCK_BYTES // max(1, multiple * width * itemsize))
+
+
+class _LinearBatchNormRelu(torch.autograd.Function):
+    """``ReLU(BN(x W^T + b))`` with z given (computed outside, for the statistics): the forward applies the batch norm
+    and ReLU in one pass; the backward takes the gradient sums in one pass over grad and z (the ReLU mask from z),
+    then forms dz a block of rows at a time and uses it there: ``dW += dz^T x``, ``dx = dz W``, ``db += sum dz``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
+                nbias: Optional[Tensor], z: Tensor, mean: Tensor, var: Tensor, eps: float, batch_stats: bool
+                ) -> Tensor:
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        scale, shift = _vec(scale, z.dtype), _vec(shift, z.dtype)   # the backward's mask: the very same values
+        ctx.save_for_backward(x, weight, z, mean, invstd, scale, shift)
+        ctx.batch_stats, ctx.has = batch_stats, (lbias is not None, nweight is not None, nbias is not None)
+        return bn_relu_forward(z, scale, shift)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, z, mean, invstd, scale, shift = ctx.saved_tensors
+        grad = grad.contiguous()
+        R, C = z.shape
+        dy_sum, moment = bn_relu_sums(grad, z, scale, shift, mean)
+        dy_sum, dyx_sum = dy_sum.to(z.dtype), (moment * invstd).to(z.dtype)
+        slope, offset = (_vec(v, z.dtype) for v in _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, R,
+                                                                   ctx.batch_stats))
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        db = torch.zeros_like(dy_sum) if ctx.has[0] and ctx.needs_input_grad[2] else None
+        if dx is not None or dw is not None or db is not None:
+            per = _block_rows(max(C, x.shape[1]), z.dtype)
+            block = torch.empty(min(per, R), C, dtype=z.dtype)
+            for r0 in range(0, R, per):
+                r1 = min(R, r0 + per)
+                dz = bn_relu_backward(grad[r0:r1], z[r0:r1], scale, shift, slope, offset, out=block[:r1 - r0])
+                if dw is not None:
+                    dw.addmm_(dz.t(), x[r0:r1])
+                if dx is not None:
+                    torch.mm(dz, weight, out=dx[r0:r1])
+                if db is not None:
+                    db += dz.sum(0)
+        nweight_grad = dyx_sum if ctx.has[1] and ctx.needs_input_grad[3] else None
+        nbias_grad = dy_sum if ctx.has[2] and ctx.needs_input_grad[4] else None
+        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None
+
+
+def linear_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> Tensor:
+    """``ReLU(norm(linear(x)))`` for rows x (R, K): the linear output z (:func:`dense`) kept for the backward, its
+    statistics and the normalised, rectified output in one compiled pass each; the backward never stores dz nor
+    reads the output (:class:`_LinearBatchNormRelu`). ``norm`` used and updated as calling it would; compiled loops
+    needed."""
+    if x.dim() != 2:
+        raise ValueError(f"linear_batch_norm_relu expects rows (R, K); got {tuple(x.shape)}")
+    _check_backend(x, "native")
+    x = x.contiguous()
+    with torch.no_grad():
+        z = dense(x, linear.weight, linear.bias).contiguous()
+    mean, var, batch_stats = _statistics(norm, x.shape[0], lambda: _stats(z, True))
+    return _LinearBatchNormRelu.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, z, mean, var, norm.eps,
+                                      batch_stats)
+
+
+class _NarrowBatchNormRelu(torch.autograd.Function):
+    """``ReLU(BN(x W^T + b))`` for x of few columns, z never formed: the forward is one compiled pass
+    ``max(x (diag(scale) W)^T + (scale b + shift), 0)``; the backward needs only ``sum dy`` and ``P = dy^T x``
+    (one pass over the output gradient and the output): with ``dz = scale dy + slope z + offset``,
+    ``sum dy (z - mean) = rowsum(P * W) + sum dy (b - mean)``, ``dW = scale P + slope (W x^T x + b 1^T x) +
+    offset 1^T x``; the input gradient ``dz W`` is formed only when x needs one."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
+                nbias: Optional[Tensor], mean: Tensor, var: Tensor, eps: float, batch_stats: bool, colsum: Tensor,
+                gram: Tensor) -> Tensor:
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        bias = torch.zeros_like(scale) if lbias is None else lbias
+        wt, b = _vec((weight * scale[:, None]).t(), x.dtype), _vec(scale * bias + shift, x.dtype)
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        ops_native.call("narrow_relu", x.dtype, x.data_ptr(), x.shape[0], x.shape[1], weight.shape[0], wt.data_ptr(),
+                        b.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(x, weight, bias, out, mean, invstd, scale, colsum, gram)
+        ctx.batch_stats, ctx.has = batch_stats, (lbias is not None, nweight is not None, nbias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias, out, mean, invstd, scale, colsum, gram = ctx.saved_tensors
+        R, K = x.shape
+        C = weight.shape[0]
+        grad = grad.contiguous()
+        sums = torch.empty((1 + K) * C, dtype=torch.float64)
+        ops_native.call("narrow_sums", x.dtype, grad.data_ptr(), out.data_ptr(), x.data_ptr(), R, K, C,
+                        sums.data_ptr())
+        dy_sum, moment = sums[:C], sums[C:].view(K, C).t()                  # sum dy (C), P = dy^T x (C, K)
+        w, b, mu, inv, sc = (t.double() for t in (weight, bias, mean, invstd, scale))     # (C)-sized: in double
+        dyx_sum = ((moment * w).sum(1) + dy_sum * (b - mu)) * inv
+        slope, offset = _input_grad_map(sc, inv, mu, dy_sum, dyx_sum, R, ctx.batch_stats)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dz = scale * grad * (out > 0) + slope.to(x.dtype) * nn.functional.linear(x, weight, bias)
+            dx = (dz + offset.to(x.dtype)) @ weight
+        if ctx.needs_input_grad[1]:
+            dw = sc[:, None] * moment + slope[:, None] * (w @ gram + b[:, None] * colsum[None, :])
+            dw = (dw + offset[:, None] * colsum[None, :]).to(x.dtype)
+        if ctx.has[0] and ctx.needs_input_grad[2]:
+            db = (sc * dy_sum + slope * (colsum @ w.t() + R * b) + R * offset).to(x.dtype)
+        nweight_grad = dyx_sum.to(x.dtype) if ctx.has[1] and ctx.needs_input_grad[3] else None
+        nbias_grad = dy_sum.to(x.dtype) if ctx.has[2] and ctx.needs_input_grad[4] else None
+        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None
+
+
+def narrow_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> Tensor:
+    """``ReLU(norm(linear(x)))`` for rows x (R, K) of ``K <= NARROW`` columns (a first PointNet++ layer over xyz
+    offsets): the (R, C) linear output is never formed (:class:`_NarrowBatchNormRelu`); its batch statistics come
+    from x's mean and covariance (``mean_z = W mean_x + b``, ``var_z = diag(W cov_x W^T)``, float64). ``norm`` used
+    and updated as calling it would; compiled loops needed. Same values and gradients as the modules up to
+    rounding."""
+    if x.dim() != 2 or x.shape[1] > NARROW:
+        raise ValueError(f"narrow_batch_norm_relu expects rows (R, K) with K <= {NARROW}; got {tuple(x.shape)}")
+    _check_backend(x, "native")
+    x = x.contiguous()
+    R, K = x.shape
+    sums = torch.empty(K + K * K, dtype=torch.float64)
+    ops_native.call("narrow_moments", x.dtype, x.data_ptr(), R, K, sums.data_ptr())
+    colsum, gram = sums[:K], sums[K:].view(K, K)
+    mean_x = colsum / R
+    cov = gram / R - mean_x[:, None] * mean_x[None, :]
+
+    def moments() -> Tuple[Tensor, Tensor]:
+        w = linear.weight.detach().double()
+        mean = w @ mean_x
+        if linear.bias is not None:
+            mean = mean + linear.bias.detach().double()
+        return mean.to(x.dtype), ((w @ cov) * w).sum(1).clamp_min(0).to(x.dtype)
+
+    mean, var, batch_stats = _statistics(norm, R, moments)
+    return _NarrowBatchNormRelu.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, mean, var, norm.eps,
+                                      batch_stats, colsum, gram)
+
+
+def rows_scatter(dx: Tensor, k: int, rows: Tensor, add: Tensor, weight: Tensor) -> None:
+    """In place: ``dx[g k + rows[g, c]] += add[g, c] weight[c]`` for dx (G k, K), rows/add (G, C), weight (C, K)."""
+    G, C = add.shape
+    rows, add, weight = rows.to(index_dtype(dx.dtype)).contiguous(), _vec(add, dx.dtype), _vec(weight, dx.dtype)
+    ops_native.call("rows_scatter", dx.dtype, dx.data_ptr(), G, k, dx.shape[1], C, rows.data_ptr(), add.data_ptr(),
+                    weight.data_ptr())         # every pointer from a named tensor: alive through the call
+
+
+def rows_gather(x: Tensor, k: int, rows: Tensor, add: Tensor) -> Tensor:
+    """``out[c] = sum_g add[g, c] x[g k + rows[g, c]]`` (C, K) in float64, for x (G k, K), rows/add (G, C)."""
+    G, C = add.shape
+    rows, add = rows.to(index_dtype(x.dtype)).contiguous(), _vec(add, x.dtype)
+    out = torch.empty(C, x.shape[1], dtype=torch.float64)
+    ops_native.call("rows_gather", x.dtype, x.data_ptr(), G, k, x.shape[1], C, rows.data_ptr(), add.data_ptr(),
+                    out.data_ptr())
+    return out
+
+
+def linear_stats_select(x: Tensor, weight: Tensor, bias: Optional[Tensor], sign: Tensor, k: int, gram: bool = False
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """For ``z = x W^T + b`` over groups of k rows of x (G k, K), never stored whole: per-channel float64 (sum, sum
+    of squares) of z, per group and channel the value of z maximising ``sign * z`` (G, C) and its row
+    (:func:`index_dtype`), and with ``gram`` x's column sums and Gram matrix ``x^T x`` (else None). z is computed
+    (:func:`dense`) a block of groups of about :data:`BLOCK_BYTES` at a time and read while in cache (statistics and
+    selection in one compiled pass; the Gram matrix from the same block of x): the (G k, C) output never reaches
+    memory and x is read once."""
+    x, weight = x.detach().contiguous(), weight.detach()
+    G, C = x.shape[0] // k, weight.shape[0]
+    per = _block_rows(max(C, x.shape[1]), x.dtype, k) // k
+    picked, rows = torch.empty(G, C, dtype=x.dtype), torch.empty(G, C, dtype=index_dtype(x.dtype))
+    sums = torch.zeros(2 * C, dtype=torch.float64)
+    colsum = torch.zeros(x.shape[1], dtype=x.dtype) if gram else None
+    squares = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype) if gram else None
+    sign = sign.to(x.dtype).contiguous()
+    fn = getattr(ops_native.library(), f"stats_select_{ops_native.DTYPES[x.dtype][0]}")
+    nan = False
+    for g0 in range(0, G, per):
+        g1 = min(G, g0 + per)
+        block = x[g0 * k:g1 * k]
+        z = dense(block, weight, None if bias is None else bias.detach())
+        status = fn(z.data_ptr(), g1 - g0, k, C, sign.data_ptr(), picked[g0].data_ptr(), rows[g0].data_ptr(),
+                    sums.data_ptr(), torch.get_num_threads())
+        if status == 2:
+            raise MemoryError("native point op 'stats_select' could not allocate its scratch memory")
+        nan = nan or status == 1
+        if colsum is not None and squares is not None:
+            colsum += block.sum(0)
+            squares.addmm_(block.t(), block)
+    if nan:                                     # a NaN: PyTorch's max propagates it as the module path does
+        z = nn.functional.linear(x, weight, None if bias is None else bias.detach())
+        picked, rows = _select(z.view(G, k, C), sign, False)
+        rows = rows.to(index_dtype(x.dtype))
+    return sums[:C], sums[C:], picked * sign, rows, colsum, squares
+
+
+class _LinearBatchNormReluMax(torch.autograd.Function):
+    """``max_k ReLU(BN(x W^T + b))`` whose backward never forms the (G k, C) gradient of ``z = x W^T + b``.
+
+    With ``dz = slope z + offset + S`` (S: ``scale dy`` at the selected rows only), ``dx = x A + (slope b + offset) W
+    + S W`` with ``A = W^T diag(slope) W`` (K x K), and ``dW = slope (W x^T x + b 1^T x) + offset 1^T x + S^T x``:
+    one (G k, K) x (K, K) product and one Gram matrix ``x^T x`` instead of two (G k, C) x (C, K)-sized products
+    over a stored dz, plus the selected rows' terms (compiled loops)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, lbias: Optional[Tensor], nweight: Optional[Tensor],
+                nbias: Optional[Tensor], picked: Tensor, rows: Tensor, mean: Tensor, var: Tensor, eps: float,
+                batch_stats: bool, k: int, colsum: Optional[Tensor], gram: Optional[Tensor]) -> Tensor:
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        out = torch.relu(torch.addcmul(shift, picked, scale))
+        ctx.save_for_backward(x, weight, lbias, rows, picked, out, mean, invstd, scale, colsum, gram)
+        ctx.batch_stats, ctx.k, ctx.has = batch_stats, k, (nweight is not None, nbias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, lbias, rows, picked, out, mean, invstd, scale, colsum, gram = ctx.saved_tensors
+        rows_total, k = x.shape[0], ctx.k
+        dy, dy_sum, dyx_sum = _picked_sums(grad, out, picked, mean, invstd)
+        slope, offset = _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, rows_total, ctx.batch_stats)
+        add = scale * dy                              # (G, C): dz at the selected rows beyond slope z + offset
+        bias = torch.zeros_like(scale) if lbias is None else lbias
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            if ctx.batch_stats:
+                dx = dense(x, weight.t() @ (slope[:, None] * weight), (slope * bias + offset) @ weight)  # A = A^T
+            else:
+                dx = torch.zeros_like(x)
+            rows_scatter(dx, k, rows, add, weight)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            colsum = x.sum(0) if colsum is None else colsum        # the forward's, when it knew they were needed
+            if ctx.needs_input_grad[1]:
+                dw = rows_gather(x, k, rows, add).to(x.dtype)
+                if ctx.batch_stats:
+                    ztx = weight @ (x.t() @ x if gram is None else gram) + bias[:, None] * colsum[None, :]
+                    dw = dw + slope[:, None] * ztx + offset[:, None] * colsum[None, :]
+            if lbias is not None and ctx.needs_input_grad[2]:
+                db = add.sum(0)
+                if ctx.batch_stats:
+                    db = db + slope * (colsum @ weight.t() + rows_total * bias) + rows_total * offset
+        nweight_grad = dyx_sum if ctx.has[0] and ctx.needs_input_grad[3] else None
+        nbias_grad = dy_sum if ctx.has[1] and ctx.needs_input_grad[4] else None
+        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None, None, None, None
+
+
+def linear_batch_norm_relu_max(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d, k: int) -> Tensor:
+    """``max_k ReLU(norm(linear(x)))`` over groups of k rows of x (G k, K), the (G k, C) linear output used in the
+    forward only (statistics and selection), never stored for or formed in the backward
+    (:class:`_LinearBatchNormReluMax`). Same values and gradients as the modules up to rounding; compiled loops
+    needed (callers use :func:`batch_norm_relu_max` after the linear layer otherwise)."""
+    if x.dim() != 2 or x.shape[0] % k:
+        raise ValueError(f"linear_batch_norm_relu_max expects x of shape (G * k, K) with k = {k}; "
+                         f"got {tuple(x.shape)}")
+    _check_backend(x, "native")
+    x = x.contiguous()
+    sign = torch.ones(linear.out_features, dtype=x.dtype)
+    if norm.weight is not None:                 # the sign of batch norm's scale (gamma / std): gamma's
+        sign = torch.where(norm.weight.detach() < 0, -1.0, 1.0).to(x.dtype)
+    gram = torch.is_grad_enabled() and linear.weight.requires_grad
+    total, squares, picked, rows, colsum, xtx = linear_stats_select(x, linear.weight, linear.bias, sign, k, gram)
+    mean, var, batch_stats = _statistics(norm, x.shape[0], lambda: _moments(total, squares, x.shape[0], x.dtype))
+    return _LinearBatchNormReluMax.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, picked, rows, mean,
+                                         var, norm.eps, batch_stats, k, colsum, xtx)
