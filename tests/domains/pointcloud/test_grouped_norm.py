@@ -9,8 +9,9 @@ from alignkit.core.registry import ENCODERS
 from alignkit.domains.pointcloud import ops_native
 from alignkit.domains.pointcloud.models import linear_norm, rows_linear
 from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu_max
-from alignkit.domains.pointcloud.models.linear_norm import (linear_batch_norm_relu, linear_batch_norm_relu_max,
-                                                            narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.models.linear_norm import (gathered_linear_batch_norm_relu, linear_batch_norm_relu,
+                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.ops import group
 from alignkit.domains.pointcloud.models.rows_linear import dense, linear_rows
 
 BACKENDS = ["torch"] + (["native"] if ops_native.available() else [])
@@ -192,6 +193,42 @@ def test_linear_batch_norm_relu_equals_the_modules(op, width, training, bias, in
             assert got is None
         else:
             torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
+
+
+@needs_native
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_gathered_linear_batch_norm_relu_equals_the_modules(training, bias, dtype, tol):
+    """A level's first layer over [xyz offsets, the previous level's features grouped by idx], the feature part run
+    on the points before grouping: output, the features' and offsets' gradients (index_add of the grouped rows'),
+    parameter gradients and running statistics equal the modules' on the explicitly grouped rows (float64
+    reference). idx repeats points across and within groups, as ball query's padding does."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(11)
+    B, N, M, k, F = 3, 20, 6, 5, 7
+    rel = torch.randn(B, M, k, 3, generator=gen, dtype=torch.float64)
+    feats = torch.randn(B, N, F, generator=gen, dtype=torch.float64)
+    idx = torch.randint(0, N, (B, M, k), generator=gen)
+    idx[:, :, 3:] = idx[:, :, :1]
+    grad = torch.randn(B * M * k, 9, generator=gen, dtype=torch.float64)
+    linear, norm = nn.Linear(3 + F, 9, bias=bias).to(dtype), make_norm(9, dtype).train(training)
+    reference_linear, reference_norm = copy.deepcopy(linear).double(), copy.deepcopy(norm).double()
+    def modules(r, f):
+        rows = torch.cat([r, group(f, idx)], dim=-1).reshape(-1, 3 + F)
+        return torch.relu(reference_norm(reference_linear(rows)))
+
+    results = []
+    for lin, bn, kind, fn in (
+            (linear, norm, dtype, lambda r, f: gathered_linear_batch_norm_relu(r, f, idx, linear, norm)),
+            (reference_linear, reference_norm, torch.float64, modules)):
+        r, f = rel.to(kind).requires_grad_(), feats.to(kind).requires_grad_()
+        out = fn(r, f)
+        out.backward(grad.to(kind))
+        results.append([out.detach(), r.grad, f.grad, *(p.grad for p in lin.parameters()),
+                        *(p.grad for p in bn.parameters()), bn.running_mean, bn.running_var])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
 
 
 def test_narrow_batch_norm_relu_rejects_wide_inputs():

@@ -80,34 +80,58 @@ int NAME(group_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sig
     return c.nan;
 }
 
-typedef struct { NAME(select_ctx) sel; int64_t G, parts; double *acc; } NAME(stats_select_ctx);
+typedef struct { const T *z, *sign, *shift; T *out; IT *idx; int64_t k, C, G, parts; double *acc; }
+    NAME(stats_select_ctx);
 
-/* Per part of the groups: group_select's pick, and (sum, sum of squares) per channel into acc[part]. */
+/* One sweep over each group's k rows: group_select's pick (no NaN test: a NaN shows in the sums) and, into
+   acc[part], per channel (sum d, sum d^2) with d = z - shift, summed in T over the group, in double across groups
+   (the shift, a sample of z, keeps the sums of squares free of cancellation). */
 HOT static void NAME(stats_select_span)(void *c_, int64_t lo, int64_t hi) {
     NAME(stats_select_ctx) *c = (NAME(stats_select_ctx) *)c_;
-    const int64_t k = c->sel.k, C = c->sel.C;
+    const int64_t k = c->k, C = c->C;
+    const T *restrict sign = c->sign, *restrict m = c->shift;
+    T blk[2 * C];
+    T *restrict ts = blk, *restrict tq = blk + C;
     for (int64_t part = lo; part < hi; part++) {
         const int64_t g0 = c->G * part / c->parts, g1 = c->G * (part + 1) / c->parts;
         double *restrict s = c->acc + 2 * C * part, *restrict q = s + C;
         for (int64_t j = 0; j < C; j++) { s[j] = 0; q[j] = 0; }
-        const T *restrict rows = c->sel.z + g0 * k * C;
-        for (int64_t r = 0; r < (g1 - g0) * k; r++)
-            for (int64_t j = 0; j < C; j++) { double v = (double)rows[r * C + j]; s[j] += v; q[j] += v * v; }
-        NAME(select_span)(&c->sel, g0, g1);
+        for (int64_t g = g0; g < g1; g++) {
+            const T *restrict zg = c->z + g * k * C;
+            T *restrict o = c->out + g * C;
+            IT *restrict ix = c->idx + g * C;
+            for (int64_t j = 0; j < C; j++) {
+                T v = zg[j], d = v - m[j];
+                ts[j] = d; tq[j] = d * d; o[j] = v * sign[j]; ix[j] = 0;
+            }
+            for (int64_t i = 1; i < k; i++) {
+                const T *restrict row = zg + i * C;
+                for (int64_t j = 0; j < C; j++) {
+                    T v = row[j], d = v - m[j];
+                    T p = d * d;
+                    ts[j] = ts[j] + d; tq[j] = tq[j] + p;
+                    T sv = v * sign[j];
+                    IT better = -(IT)(sv > o[j]);
+                    o[j] = sv > o[j] ? sv : o[j];
+                    ix[j] = (ix[j] & ~better) | ((IT)i & better);
+                }
+            }
+            for (int64_t j = 0; j < C; j++) { s[j] += (double)ts[j]; q[j] += (double)tq[j]; }
+        }
     }
 }
 
-/* z (G, k, C), a block of the rows (in cache): group_select into out/idx, and acc[0:2C] += (sum, sum of squares)
-   per channel. Returns 1 when z holds a NaN, 2 when the scratch cannot be allocated. */
-int NAME(stats_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sign, T *out, IT *idx, double *acc,
-                       int threads) {
-    NAME(stats_select_ctx) c = {{z, k, C, sign, out, idx, 0}, G, 0, NULL};
+/* z (G, k, C), a block of the rows (in cache): group_select's pick into out/idx, and acc[0:2C] += per channel
+   (sum (z - shift), sum (z - shift)^2). Returns 1 when the scratch cannot be allocated. */
+int NAME(stats_select)(const T *z, int64_t G, int64_t k, int64_t C, const T *sign, const T *shift, T *out, IT *idx,
+                       double *acc, int threads) {
+    NAME(stats_select_ctx) c = {z, sign, shift, out, idx, k, C, G, 0, NULL};
     double *part_sums = (double *)malloc(sizeof(double) * (size_t)(2 * C));
-    if (!part_sums) return 2;
+    if (!part_sums) return 1;
     int failed = NAME(sum_parts)(NAME(stats_select_span), &c, &c.acc, &c.parts, G, 8, 2 * C, part_sums, threads);
     for (int64_t j = 0; j < 2 * C; j++) acc[j] += part_sums[j];
     free(part_sums);
-    return failed ? 2 : c.sel.nan;
+    return failed;
 }
 typedef struct {
     const T *z; int64_t k, C; const T *slope, *offset; const IT *rows; const T *add; T *dz;
@@ -356,7 +380,12 @@ HOT static void NAME(scatter_span)(void *c_, int64_t lo, int64_t hi) {
             const T a = c->add[g * C + ch];
             const T *restrict w = c->w + ch * K;
             T *restrict d = c->dx + (g * k + (int64_t)c->rows[g * C + ch]) * K;
-            for (int64_t j = 0; j < K; j++) { T p = a * w[j]; d[j] = d[j] + p; }
+            if (K % 8 == 0) {                          /* whole chunks of 8: one vector each, no remainder */
+                for (int64_t j0 = 0; j0 < K; j0 += 8)
+                    for (int64_t j = j0; j < j0 + 8; j++) { T p = a * w[j]; d[j] = d[j] + p; }
+            } else {
+                for (int64_t j = 0; j < K; j++) { T p = a * w[j]; d[j] = d[j] + p; }
+            }
         }
 }
 
@@ -364,17 +393,35 @@ HOT static void NAME(scatter_span)(void *c_, int64_t lo, int64_t hi) {
 HOT static void NAME(gather_span)(void *c_, int64_t lo, int64_t hi) {
     NAME(sparse_ctx) *c = (NAME(sparse_ctx) *)c_;
     const int64_t k = c->k, K = c->K, C = c->C;
+    T *t = (T *)malloc(sizeof(T) * (size_t)(C * K));      /* 32 groups summed in T, then added in double */
     for (int64_t part = lo; part < hi; part++) {
         double *restrict s = c->acc + C * K * part;
         for (int64_t j = 0; j < C * K; j++) s[j] = 0;
-        for (int64_t g = c->G * part / c->parts; g < c->G * (part + 1) / c->parts; g++)
-            for (int64_t ch = 0; ch < C; ch++) {
-                const double a = (double)c->add[g * C + ch];
-                const T *restrict xr = c->x + (g * k + (int64_t)c->rows[g * C + ch]) * K;
-                double *restrict sc = s + ch * K;
-                for (int64_t j = 0; j < K; j++) sc[j] += a * (double)xr[j];
-            }
+        const int64_t g0 = c->G * part / c->parts, g1 = c->G * (part + 1) / c->parts;
+        for (int64_t b0 = g0; b0 < g1; b0 += 32) {
+            const int64_t b1 = b0 + 32 < g1 ? b0 + 32 : g1;
+            if (t) for (int64_t j = 0; j < C * K; j++) t[j] = 0;
+            for (int64_t g = b0; g < b1; g++)
+                for (int64_t ch = 0; ch < C; ch++) {
+                    const T a = c->add[g * C + ch];
+                    const T *restrict xr = c->x + (g * k + (int64_t)c->rows[g * C + ch]) * K;
+                    if (t) {
+                        T *restrict tc = t + ch * K;
+                        if (K % 8 == 0) {
+                            for (int64_t j0 = 0; j0 < K; j0 += 8)
+                                for (int64_t j = j0; j < j0 + 8; j++) { T p = a * xr[j]; tc[j] = tc[j] + p; }
+                        } else {
+                            for (int64_t j = 0; j < K; j++) { T p = a * xr[j]; tc[j] = tc[j] + p; }
+                        }
+                    } else {
+                        double *restrict sc = s + ch * K;
+                        for (int64_t j = 0; j < K; j++) sc[j] += (double)a * (double)xr[j];
+                    }
+                }
+            if (t) for (int64_t j = 0; j < C * K; j++) s[j] += (double)t[j];
+        }
     }
+    free(t);
 }
 
 int NAME(rows_scatter)(T *dx, int64_t G, int64_t k, int64_t K, int64_t C, const IT *rows, const T *add,

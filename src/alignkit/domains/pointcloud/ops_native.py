@@ -390,7 +390,7 @@ def library() -> Optional[ctypes.CDLL]:
         getattr(lib, f"ball_{suffix}").argtypes = [ptr, ptr, i64, i64, i64, real, i64, ptr, cint]
         getattr(lib, f"bn_stats_{suffix}").argtypes = [ptr, i64, i64, ptr, cint]
         getattr(lib, f"group_select_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, cint]
-        getattr(lib, f"stats_select_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"stats_select_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"group_unselect_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"bnrelu_forward_{suffix}").argtypes = [ptr, i64, i64, ptr, ptr, ptr, cint]
         getattr(lib, f"bnrelu_sums_{suffix}").argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, cint]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.domains.pointcloud import ops_native
-from alignkit.domains.pointcloud.models.grouped_norm import (_affine, _check_backend, _input_grad_map, _moments,
+from alignkit.domains.pointcloud.models.grouped_norm import (_affine, _check_backend, _input_grad_map,
                                                              _picked_sums, _select, _statistics, _stats, _vec,
                                                              bn_relu_backward, bn_relu_forward, bn_relu_sums,
                                                              index_dtype)
@@ -41,6 +41,95 @@ def _block_rows(width: int, dtype: torch.dtype, multiple: int = 1) -> int:
     """Rows per block: whole multiples of ``multiple`` (a group's k rows), rows of ``width`` values of ``dtype``."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     return multiple * max(1, BLOCK_BYTES // max(1, multiple * width * itemsize))
+
+
+def _bn_relu_grad_terms(grad: Tensor, z: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, shift: Tensor,
+                        batch_stats: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For ``y = ReLU(scale z + shift)`` (batch norm): ``sum dy``, ``sum dy xhat`` (the norm's bias and weight
+    gradients) and the (slope, offset) of its input gradient ``scale dy + slope z + offset``, in z's dtype; one
+    compiled pass over grad and z."""
+    dy_sum, moment = bn_relu_sums(grad, z, scale, shift, mean)
+    dy_sum, dyx_sum = dy_sum.to(z.dtype), (moment * invstd).to(z.dtype)
+    slope, offset = _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, z.shape[0], batch_stats)
+    return dy_sum, dyx_sum, _vec(slope, z.dtype), _vec(offset, z.dtype)
+
+
+class _BatchNormRelu(torch.autograd.Function):
+    """``ReLU(BN(z))`` over rows z (R, C): one compiled pass forward; backward one pass for the sums and one for the
+    input gradient, over grad and z only (the ReLU mask recomputed from z)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, nweight: Optional[Tensor], nbias: Optional[Tensor], mean: Tensor, var: Tensor,
+                eps: float, batch_stats: bool) -> Tensor:
+        invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
+        scale, shift = _vec(scale, z.dtype), _vec(shift, z.dtype)
+        ctx.save_for_backward(z, mean, invstd, scale, shift)
+        ctx.batch_stats, ctx.has = batch_stats, (nweight is not None, nbias is not None)
+        return bn_relu_forward(z, scale, shift)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        z, mean, invstd, scale, shift = ctx.saved_tensors
+        grad = grad.contiguous()
+        dy_sum, dyx_sum, slope, offset = _bn_relu_grad_terms(grad, z, mean, invstd, scale, shift, ctx.batch_stats)
+        dz = bn_relu_backward(grad, z, scale, shift, slope, offset) if ctx.needs_input_grad[0] else None
+        nweight_grad = dyx_sum if ctx.has[0] and ctx.needs_input_grad[1] else None
+        nbias_grad = dy_sum if ctx.has[1] and ctx.needs_input_grad[2] else None
+        return dz, nweight_grad, nbias_grad, None, None, None, None
+
+
+class _GatheredLinear(torch.autograd.Function):
+    """``z = [rel, f[rows]] W^T + b`` for rel (R, P), f (N, F), rows (R,), without the (R, F) gathered rows: the
+    feature part of the layer runs on the N points before the gather, ``(f W_f^T)[rows] + rel W_r^T + b``. Backward:
+    ``dP = index_add(dz)`` (N, C), ``df = dP W_f``, ``dW_f = dP^T f``, ``dW_r = (rel^T dz)^T``."""
+
+    @staticmethod
+    def forward(ctx: Any, rel: Tensor, feats: Tensor, rows: Tensor, weight: Tensor, bias: Optional[Tensor]
+                ) -> Tensor:
+        p = rel.shape[1]
+        z = dense(feats, weight[:, p:].contiguous()).index_select(0, rows)
+        z += nn.functional.linear(rel, weight[:, :p], bias)
+        ctx.save_for_backward(rel, feats, rows, weight)
+        ctx.has_bias = bias is not None
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        rel, feats, rows, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        p = rel.shape[1]
+        d_rel = d_feats = dw = db = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            per_point = grad.new_zeros(feats.shape[0], grad.shape[1]).index_add_(0, rows, grad)
+            if ctx.needs_input_grad[1]:
+                d_feats = dense(per_point, weight[:, p:].t().contiguous())
+            if ctx.needs_input_grad[3]:
+                dw = torch.cat([(rel.t() @ grad).t(), per_point.t() @ feats], dim=1)
+        if ctx.needs_input_grad[0]:
+            d_rel = grad @ weight[:, :p]
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            db = grad.sum(0)
+        return d_rel, d_feats, None, dw, db
+
+
+def gathered_linear_batch_norm_relu(rel: Tensor, feats: Tensor, idx: Tensor, linear: nn.Linear,
+                                    norm: nn.BatchNorm1d) -> Tensor:
+    """``ReLU(norm(linear([rel, group(feats, idx)])))`` -> (B M k, C) for rel (B, M, k, P) (xyz offsets), feats
+    (B, N, F), idx (B, M, k): the first layer of a level over the previous level's features, whose feature part runs
+    on the B N points before grouping (:class:`_GatheredLinear`: k M / N times fewer multiplications, no grouped
+    feature rows), its batch norm and ReLU as :class:`_BatchNormRelu`. ``norm`` used and updated as calling it
+    would; compiled loops needed. Same values and gradients as the modules up to rounding."""
+    B, N, F = feats.shape
+    if rel.dim() != 4 or idx.shape != rel.shape[:3] or linear.in_features != rel.shape[-1] + F:
+        raise ValueError(f"gathered_linear_batch_norm_relu: rel (B, M, k, P), feats (B, N, F), idx (B, M, k) and "
+                         f"a linear layer of P + F inputs; got {tuple(rel.shape)}, {tuple(feats.shape)}, "
+                         f"{tuple(idx.shape)}, {linear.in_features}")
+    _check_backend(feats, "native")
+    rows = (idx + torch.arange(B, device=idx.device).mul_(N).view(B, 1, 1)).reshape(-1)
+    z = _GatheredLinear.apply(rel.reshape(-1, rel.shape[-1]).contiguous(), feats.reshape(B * N, F).contiguous(),
+                              rows, linear.weight, linear.bias)
+    mean, var, batch_stats = _statistics(norm, z.shape[0], lambda: _stats(z.detach(), True))
+    return _BatchNormRelu.apply(z, norm.weight, norm.bias, mean, var, norm.eps, batch_stats)
 
 
 class _LinearBatchNormRelu(torch.autograd.Function):
@@ -63,10 +152,7 @@ class _LinearBatchNormRelu(torch.autograd.Function):
         x, weight, z, mean, invstd, scale, shift = ctx.saved_tensors
         grad = grad.contiguous()
         R, C = z.shape
-        dy_sum, moment = bn_relu_sums(grad, z, scale, shift, mean)
-        dy_sum, dyx_sum = dy_sum.to(z.dtype), (moment * invstd).to(z.dtype)
-        slope, offset = (_vec(v, z.dtype) for v in _input_grad_map(scale, invstd, mean, dy_sum, dyx_sum, R,
-                                                                   ctx.batch_stats))
+        dy_sum, dyx_sum, slope, offset = _bn_relu_grad_terms(grad, z, mean, invstd, scale, shift, ctx.batch_stats)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         db = torch.zeros_like(dy_sum) if ctx.has[0] and ctx.needs_input_grad[2] else None
@@ -200,12 +286,13 @@ def rows_gather(x: Tensor, k: int, rows: Tensor, add: Tensor) -> Tensor:
 
 def linear_stats_select(x: Tensor, weight: Tensor, bias: Optional[Tensor], sign: Tensor, k: int, gram: bool = False
                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """For ``z = x W^T + b`` over groups of k rows of x (G k, K), never stored whole: per-channel float64 (sum, sum
-    of squares) of z, per group and channel the value of z maximising ``sign * z`` (G, C) and its row
+    """For ``z = x W^T + b`` over groups of k rows of x (G k, K), never stored whole: z's per-channel biased mean and
+    variance (float64), per group and channel the value of z maximising ``sign * z`` (G, C) and its row
     (:func:`index_dtype`), and with ``gram`` x's column sums and Gram matrix ``x^T x`` (else None). z is computed
     (:func:`dense`) a block of groups of about :data:`BLOCK_BYTES` at a time and read while in cache (statistics and
-    selection in one compiled pass; the Gram matrix from the same block of x): the (G k, C) output never reaches
-    memory and x is read once."""
+    selection in one compiled sweep, sums of ``z - z[0]``; the Gram matrix from the same block of x): the (G k, C)
+    output never reaches memory and x is read once. A NaN or infinity in z: PyTorch's max and statistics instead, as
+    the module path computes them."""
     x, weight = x.detach().contiguous(), weight.detach()
     G, C = x.shape[0] // k, weight.shape[0]
     per = _block_rows(max(C, x.shape[1]), x.dtype, k) // k
@@ -213,26 +300,27 @@ def linear_stats_select(x: Tensor, weight: Tensor, bias: Optional[Tensor], sign:
     sums = torch.zeros(2 * C, dtype=torch.float64)
     colsum = torch.zeros(x.shape[1], dtype=x.dtype) if gram else None
     squares = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype) if gram else None
-    sign = sign.to(x.dtype).contiguous()
+    sign, shift = sign.to(x.dtype).contiguous(), torch.zeros(C, dtype=x.dtype)
     fn = getattr(ops_native.library(), f"stats_select_{ops_native.DTYPES[x.dtype][0]}")
-    nan = False
     for g0 in range(0, G, per):
         g1 = min(G, g0 + per)
         block = x[g0 * k:g1 * k]
         z = dense(block, weight, None if bias is None else bias.detach())
-        status = fn(z.data_ptr(), g1 - g0, k, C, sign.data_ptr(), picked[g0].data_ptr(), rows[g0].data_ptr(),
-                    sums.data_ptr(), torch.get_num_threads())
-        if status == 2:
+        if g0 == 0:
+            shift = z[0].clone()
+        if fn(z.data_ptr(), g1 - g0, k, C, sign.data_ptr(), shift.data_ptr(), picked[g0].data_ptr(),
+              rows[g0].data_ptr(), sums.data_ptr(), torch.get_num_threads()):
             raise MemoryError("native point op 'stats_select' could not allocate its scratch memory")
-        nan = nan or status == 1
         if colsum is not None and squares is not None:
             colsum += block.sum(0)
             squares.addmm_(block.t(), block)
-    if nan:                                     # a NaN: PyTorch's max propagates it as the module path does
+    if not bool(torch.isfinite(sums).all()):       # NaN / inf: the module path's max and statistics
         z = nn.functional.linear(x, weight, None if bias is None else bias.detach())
         picked, rows = _select(z.view(G, k, C), sign, False)
-        rows = rows.to(index_dtype(x.dtype))
-    return sums[:C], sums[C:], picked * sign, rows, colsum, squares
+        var, mean = torch.var_mean(z.double(), dim=0, unbiased=False)
+        return mean, var, picked * sign, rows.to(index_dtype(x.dtype)), colsum, squares
+    centred = sums[:C] / x.shape[0]
+    return shift.double() + centred, sums[C:] / x.shape[0] - centred * centred, picked * sign, rows, colsum, squares
 
 
 class _LinearBatchNormReluMax(torch.autograd.Function):
@@ -262,12 +350,15 @@ class _LinearBatchNormReluMax(torch.autograd.Function):
         add = scale * dy                              # (G, C): dz at the selected rows beyond slope z + offset
         bias = torch.zeros_like(scale) if lbias is None else lbias
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            if ctx.batch_stats:
-                dx = dense(x, weight.t() @ (slope[:, None] * weight), (slope * bias + offset) @ weight)  # A = A^T
-            else:
-                dx = torch.zeros_like(x)
-            rows_scatter(dx, k, rows, add, weight)
+        if ctx.needs_input_grad[0]:                   # in blocks of groups: the scatter finds its rows in cache
+            dx = torch.empty_like(x) if ctx.batch_stats else torch.zeros_like(x)
+            square, const = weight.t() @ (slope[:, None] * weight), (slope * bias + offset) @ weight
+            per = _block_rows(x.shape[1], x.dtype, k) // k
+            for g0 in range(0, rows.shape[0], per):
+                g1 = min(rows.shape[0], g0 + per)
+                if ctx.batch_stats:
+                    torch.addmm(const, x[g0 * k:g1 * k], square, out=dx[g0 * k:g1 * k])
+                rows_scatter(dx[g0 * k:g1 * k], k, rows[g0:g1], add[g0:g1], weight)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             colsum = x.sum(0) if colsum is None else colsum        # the forward's, when it knew they were needed
             if ctx.needs_input_grad[1]:
@@ -298,7 +389,9 @@ def linear_batch_norm_relu_max(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1
     if norm.weight is not None:                 # the sign of batch norm's scale (gamma / std): gamma's
         sign = torch.where(norm.weight.detach() < 0, -1.0, 1.0).to(x.dtype)
     gram = torch.is_grad_enabled() and linear.weight.requires_grad
-    total, squares, picked, rows, colsum, xtx = linear_stats_select(x, linear.weight, linear.bias, sign, k, gram)
-    mean, var, batch_stats = _statistics(norm, x.shape[0], lambda: _moments(total, squares, x.shape[0], x.dtype))
+    batch_mean, batch_var, picked, rows, colsum, xtx = linear_stats_select(x, linear.weight, linear.bias, sign, k,
+                                                                           gram)
+    mean, var, batch_stats = _statistics(norm, x.shape[0],
+                                         lambda: (batch_mean.to(x.dtype), batch_var.clamp_min(0).to(x.dtype)))
     return _LinearBatchNormReluMax.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, picked, rows, mean,
                                          var, norm.eps, batch_stats, k, colsum, xtx)

@@ -22,8 +22,8 @@ from alignkit.core.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud import ops_native
 from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu_max
-from alignkit.domains.pointcloud.models.linear_norm import (linear_batch_norm_relu, linear_batch_norm_relu_max,
-                                                            narrow_batch_norm_relu)
+from alignkit.domains.pointcloud.models.linear_norm import (gathered_linear_batch_norm_relu, linear_batch_norm_relu,
+                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu)
 from alignkit.domains.pointcloud.models.rows_linear import NARROW, linear_rows
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
@@ -141,8 +141,20 @@ class SetAbstraction(nn.Module):
             centres = gather_points(xyz, farthest_point_sample(xyz, self.npoint))
             idx = ball_query(centres, xyz, self.radius, self.nsample)
             rel = (group(xyz, idx) - centres.unsqueeze(2)) / self.scale
+            if feats is not None and self.gathers_first(feats):
+                B, M, k, _ = rel.shape
+                h = gathered_linear_batch_norm_relu(rel, feats, idx, self.mlp[0], self.mlp[1])
+                return centres, self.run_layers(h, 3, B, M, k)
             grouped = with_features(rel, None if feats is None else group(feats, idx))
         return centres, self.pool(grouped)
+
+    def gathers_first(self, feats: Tensor) -> bool:
+        """Whether the first layer runs on the previous level's points before grouping
+        (:func:`gathered_linear_batch_norm_relu`): fused, on CPU with the compiled loops, a plain first
+        ``Linear - BatchNorm1d - ReLU`` that is not the level's last."""
+        layers = list(self.mlp)
+        return (self.fused and len(layers) > 3 and type(layers[1]) is nn.BatchNorm1d and isinstance(layers[2], nn.ReLU)
+                and ops_native.supports(feats))
 
     def pool(self, grouped: Tensor) -> Tensor:
         """(B, M, k, C_in) -> ``max_k MLP`` (B, M, out_dim).
@@ -157,9 +169,13 @@ class SetAbstraction(nn.Module):
         h = grouped.reshape(-1, grouped.shape[-1])
         if not self.fused:
             return self.mlp(h).reshape(B, M, k, -1).amax(dim=2)
+        return self.run_layers(h, 0, B, M, k)
+
+    def run_layers(self, h: Tensor, start: int, B: int, M: int, k: int) -> Tensor:
+        """The fused path of :meth:`pool` from layer index ``start`` (a multiple of 3) on rows h (B M k, C)."""
         layers = list(self.mlp)
         native = ops_native.supports(h)
-        for i in range(0, len(layers), 3):
+        for i in range(start, len(layers), 3):
             linear, norm, relu = layers[i:i + 3]
             plain = type(norm) is nn.BatchNorm1d and isinstance(relu, nn.ReLU)
             if plain and i + 3 == len(layers):
