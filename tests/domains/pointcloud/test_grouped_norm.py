@@ -244,6 +244,8 @@ def test_linear_rows_float32_equals_linear(width, onednn, monkeypatch):
         monkeypatch.setattr(rows_linear, "onednn_linear", lambda: False)
     elif not rows_linear.onednn_linear():
         pytest.skip("this torch has no oneDNN linear op")
+    else:
+        monkeypatch.setattr(rows_linear, "ONEDNN_ROWS", 1)       # 700 rows: oneDNN here too
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(9)
     linear = nn.Linear(width, 24)

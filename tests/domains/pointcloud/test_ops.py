@@ -94,6 +94,10 @@ def test_fps_rejects_bad_input():
         ops.farthest_point_sample(torch.rand(1, 5, 3), 6)
     with pytest.raises(ValueError, match="NaN or inf.*\\[1\\]"):
         ops.farthest_point_sample(torch.tensor([[[0.0, 0, 0]], [[float("nan"), 0, 0]]]), 1)
+    with pytest.raises(ValueError, match="NaN or inf.*\\[0\\]"):
+        ops.farthest_point_sample(torch.tensor([[[0.0, float("-inf"), 0]], [[1.0, 0, 0]]]), 1)
+    huge = torch.full((2, 4, 3), 3e38)                       # finite, but their sum overflows: not rejected
+    assert ops.farthest_point_sample(huge, 2).shape == (2, 2)
     with pytest.raises(ValueError, match="start"):
         ops.farthest_point_sample(torch.rand(1, 5, 3), 2, start=torch.tensor([5]))
     with pytest.raises(ValueError, match="backend"):

@@ -3,7 +3,7 @@
 The shared MLP of a level multiplies tall inputs by narrow weights (K and C of 32-128 channels, 65,536 rows at
 the demo size's first level). MKL's sgemm (``torch.mm``, what ``nn.Linear`` runs) reaches 40-57 GFLOP/s on those
 shapes on one core here; oneDNN's linear primitive, ``torch.ops.mkldnn._linear_pointwise`` (the op PyTorch's
-inductor emits for a CPU linear layer), 60-73 (``benchmarks/pointcloud_train.py`` times the tower either way). For an
+inductor emits for a CPU linear layer), 60-73 from about 16,384 rows (below that, no faster than MKL). For an
 input of at most :data:`NARROW` columns (a first level's xyz offsets), BLAS runs ``g^T x`` several times slower
 than ``(x^T g)^T``. :func:`dense` is the product outside autograd, :func:`linear_rows` a linear layer through both.
 Values equal ``nn.Linear``'s up to rounding; oneDNN is used for CPU float32 only when it is present and agrees
@@ -37,11 +37,16 @@ def onednn_linear() -> bool:
         return False
 
 
+ONEDNN_ROWS = 16384
+"""Fewer rows than this take ``F.linear``: oneDNN's op costs ~25 us a call more than MKL's and is no faster there."""
+
+
 def dense(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``x W^T + b`` for rows x (R, K), weight (C, K), outside autograd: oneDNN's linear for CPU float32 inputs of
-    more than :data:`NARROW` columns (see the module docstring), ``F.linear`` otherwise."""
+    more than :data:`NARROW` columns and at least :data:`ONEDNN_ROWS` rows (see the module docstring), ``F.linear``
+    otherwise."""
     if (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and x.shape[-1] > NARROW
-            and onednn_linear()):
+            and x.numel() >= ONEDNN_ROWS * x.shape[-1] and onednn_linear()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return nn.functional.linear(x, weight, bias)
 
