@@ -258,7 +258,14 @@ int NAME(bnrelu_backward)(const T *g, const T *z, int64_t R, int64_t C, const T 
 typedef struct { const T *x, *g, *y; int64_t R, K, C; const T *wt, *b; T *out; int64_t parts; double *acc; }
     NAME(narrow_ctx);
 
-/* out[r, c] = max(b[c] + sum_k x[r, k] wt[k, c], 0); KK: K as a constant (the k loop unrolls, j vectorises) */
+/* BODY(KK) with KK = K as a constant (K <= 8): the k loops unroll and the j loops vectorise */
+#define NARROW_SWITCH(K, BODY)                                                                           \
+    switch (K) {                                                                                         \
+        case 1: BODY(1) break; case 2: BODY(2) break; case 3: BODY(3) break; case 4: BODY(4) break;      \
+        case 5: BODY(5) break; case 6: BODY(6) break; case 7: BODY(7) break; default: BODY(8) break;    \
+    }
+
+/* out[r, c] = max(b[c] + sum_k x[r, k] wt[k, c], 0) */
 #define NARROW_ROWS(KK)                                                                                  \
     for (int64_t r = lo; r < hi; r++) {                                                                 \
         const T *restrict xr = x + r * (KK);                                                            \
@@ -274,16 +281,7 @@ HOT static void NAME(narrow_span)(void *c_, int64_t lo, int64_t hi) {
     const int64_t C = c->C;
     const T *restrict x = c->x, *restrict wt = c->wt, *restrict b = c->b;
     T *restrict out = c->out;
-    switch (c->K) {
-        case 1: NARROW_ROWS(1) break;
-        case 2: NARROW_ROWS(2) break;
-        case 3: NARROW_ROWS(3) break;
-        case 4: NARROW_ROWS(4) break;
-        case 5: NARROW_ROWS(5) break;
-        case 6: NARROW_ROWS(6) break;
-        case 7: NARROW_ROWS(7) break;
-        default: NARROW_ROWS(8) break;
-    }
+    NARROW_SWITCH(c->K, NARROW_ROWS)
 }
 #undef NARROW_ROWS
 
@@ -312,22 +310,14 @@ HOT static void NAME(narrow_sums_span)(void *c_, int64_t lo, int64_t hi) {
         for (int64_t b0 = r0; b0 < r1; b0 += NB) {
             const int64_t b1 = b0 + NB < r1 ? b0 + NB : r1;
             for (int64_t j = 0; j < width; j++) t[j] = 0;
-            switch (K) {
-                case 1: NARROW_SUMS(1) break;
-                case 2: NARROW_SUMS(2) break;
-                case 3: NARROW_SUMS(3) break;
-                case 4: NARROW_SUMS(4) break;
-                case 5: NARROW_SUMS(5) break;
-                case 6: NARROW_SUMS(6) break;
-                case 7: NARROW_SUMS(7) break;
-                default: NARROW_SUMS(8) break;
-            }
+            NARROW_SWITCH(K, NARROW_SUMS)
             for (int64_t j = 0; j < width; j++) s[j] += (double)t[j];
         }
     }
 }
 #undef NARROW_SUMS
 #undef NB
+#undef NARROW_SWITCH
 
 /* acc[part] = (sum x[:, k] (K), sum x[:, k] x[:, l] (K x K)) over its rows, in double */
 HOT static void NAME(narrow_moments_span)(void *c_, int64_t lo, int64_t hi) {
