@@ -10,7 +10,8 @@ from alignkit.domains.pointcloud import ops_native
 from alignkit.domains.pointcloud.models import linear_norm, rows_linear
 from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu_max
 from alignkit.domains.pointcloud.models.linear_norm import (gathered_linear_batch_norm_relu, linear_batch_norm_relu,
-                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu)
+                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu,
+                                                            narrow_stem)
 from alignkit.domains.pointcloud.ops import group
 from alignkit.domains.pointcloud.models.rows_linear import dense, linear_rows
 
@@ -227,6 +228,37 @@ def test_gathered_linear_batch_norm_relu_equals_the_modules(training, bias, dtyp
         out.backward(grad.to(kind))
         results.append([out.detach(), r.grad, f.grad, *(p.grad for p in lin.parameters()),
                         *(p.grad for p in bn.parameters()), bn.running_mean, bn.running_var])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+@needs_native
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_narrow_stem_equals_the_modules(training, bias, dtype, tol, monkeypatch):
+    """A first level's two first layers as one op (the first layer's output only ever in blocks, here of 50 rows:
+    eleven, the last partial): output, every parameter gradient and both norms' running statistics equal the
+    modules' through autograd (float64 reference), twice (the running statistics compound)."""
+    monkeypatch.setattr(linear_norm, "BLOCK_BYTES", 50 * 12 * torch.empty((), dtype=dtype).element_size())
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(530, 3, generator=gen, dtype=torch.float64) * 0.5 + 0.1
+    grad = torch.randn(530, 12, generator=gen, dtype=torch.float64)
+    layers = [nn.Linear(3, 10, bias=bias).to(dtype), make_norm(10, dtype, seed=1).train(training),
+              nn.Linear(10, 12, bias=bias).to(dtype), make_norm(12, dtype, seed=2).train(training)]
+    reference = [copy.deepcopy(m).double() for m in layers]
+    results = []
+    for modules, kind, fn in ((layers, dtype, lambda a: narrow_stem(a, *layers)),
+                              (reference, torch.float64, lambda a: torch.relu(reference[3](reference[2](
+                                  torch.relu(reference[1](reference[0](a)))))))):
+        for _ in range(2):
+            for m in modules:
+                m.zero_grad()
+            out = fn(x.to(kind))
+            out.backward(grad.to(kind))
+        results.append([out.detach(), *(p.grad for m in modules for p in m.parameters()),
+                        *(t for m in (modules[1], modules[3]) for t in (m.running_mean, m.running_var))])
     for got, want in zip(*results):
         torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
 

@@ -6,7 +6,10 @@ what a level needs of its linear outputs can be had without storing or re-readin
 
 - :func:`narrow_batch_norm_relu`: the first layer over xyz offsets (``K <= 8`` columns): the forward is one pass
   ``max(x W'^T + b', 0)``, its statistics come from x's mean and covariance, its backward from ``sum dy`` and
-  ``dy^T x``: the (G k, C) linear output is never formed.
+  ``dy^T x``: the (G k, C) linear output is never formed. :func:`narrow_stem` runs it with the next layer as one op
+  whose first output exists only a block of rows at a time in cache (recomputed from x in the backward).
+- :func:`gathered_linear_batch_norm_relu`: the first layer of a level over the previous level's features, whose
+  feature part runs on the points before they are grouped.
 - :func:`linear_batch_norm_relu`: the middle layers: z is kept for the backward, but the output y is never read
   back (the ReLU mask is recomputed from z) and dz is formed a block of rows at a time in cache, consumed there by
   ``dW += dz^T x``, ``dx = dz W``.
@@ -27,10 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.domains.pointcloud import ops_native
-from alignkit.domains.pointcloud.models.grouped_norm import (_affine, _check_backend, _input_grad_map,
+from alignkit.domains.pointcloud.models.grouped_norm import (_affine, _check_backend, _input_grad_map, _moments,
                                                              _picked_sums, _select, _statistics, _stats, _vec,
-                                                             bn_relu_backward, bn_relu_forward, bn_relu_sums,
-                                                             index_dtype)
+                                                             batch_norm_stats, bn_relu_backward, bn_relu_forward,
+                                                             bn_relu_sums, index_dtype)
 from alignkit.domains.pointcloud.models.rows_linear import NARROW, dense
 
 BLOCK_BYTES = 1 << 20
@@ -189,6 +192,52 @@ def linear_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -
                                       batch_stats)
 
 
+def _narrow_fold(weight: Tensor, bias: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dtype
+                 ) -> Tuple[Tensor, Tensor]:
+    """A linear layer followed by batch norm as one affine map: ``(diag(scale) W)^T`` (K, C) and ``scale b + shift``."""
+    return _vec((weight * scale[:, None]).t(), dtype), _vec(scale * bias + shift, dtype)
+
+
+def narrow_relu(x: Tensor, wt: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``max(x wt + b, 0)`` for rows x (R, K <= 8), wt (K, C), b (C,): one compiled pass (into ``out`` if given)."""
+    out = torch.empty(x.shape[0], wt.shape[1], dtype=x.dtype) if out is None else out
+    ops_native.call("narrow_relu", x.dtype, x.data_ptr(), x.shape[0], x.shape[1], wt.shape[1], wt.data_ptr(),
+                    b.data_ptr(), out.data_ptr())
+    return out
+
+
+def narrow_sums(grad: Tensor, y: Tensor, x: Tensor, sums: Tensor) -> None:
+    """``sums += (sum dy, dy^T x)`` ((1 + K) C float64, the second (K, C)) with ``dy = grad`` where y > 0."""
+    part = torch.empty_like(sums)
+    ops_native.call("narrow_sums", x.dtype, grad.data_ptr(), y.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1],
+                    y.shape[1], part.data_ptr())
+    sums += part
+
+
+class _NarrowGrads:
+    """A narrow first layer's gradients from ``sums = (sum dy, dy^T x)`` (:func:`narrow_sums`), all in float64:
+    ``sum dy (z - mean) = rowsum(P * W) + sum dy (b - mean)``, batch norm's (slope, offset), ``dW = scale P +
+    slope (W x^T x + b 1^T x) + offset 1^T x`` and ``db = sum dz``."""
+
+    def __init__(self, sums: Tensor, rows: int, weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor,
+                 scale: Tensor, colsum: Tensor, gram: Tensor, batch_stats: bool):
+        C = weight.shape[0]
+        self.dy_sum, self.moment = sums[:C], sums[C:].view(-1, C).t()          # sum dy (C), P = dy^T x (C, K)
+        self.w, self.b, mu, inv, self.scale = (t.double() for t in (weight, bias, mean, invstd, scale))
+        self.dyx_sum = ((self.moment * self.w).sum(1) + self.dy_sum * (self.b - mu)) * inv
+        self.slope, self.offset = _input_grad_map(self.scale, inv, mu, self.dy_sum, self.dyx_sum, rows, batch_stats)
+        self.rows, self.colsum, self.gram = rows, colsum, gram
+
+    def weight_grad(self, dtype: torch.dtype) -> Tensor:
+        dw = self.scale[:, None] * self.moment + self.slope[:, None] * (self.w @ self.gram
+                                                                          + self.b[:, None] * self.colsum[None, :])
+        return (dw + self.offset[:, None] * self.colsum[None, :]).to(dtype)
+
+    def bias_grad(self, dtype: torch.dtype) -> Tensor:
+        return (self.scale * self.dy_sum + self.slope * (self.colsum @ self.w.t() + self.rows * self.b)
+                + self.rows * self.offset).to(dtype)
+
+
 class _NarrowBatchNormRelu(torch.autograd.Function):
     """``ReLU(BN(x W^T + b))`` for x of few columns, z never formed: the forward is one compiled pass
     ``max(x (diag(scale) W)^T + (scale b + shift), 0)``; the backward needs only ``sum dy`` and ``P = dy^T x``
@@ -202,10 +251,8 @@ class _NarrowBatchNormRelu(torch.autograd.Function):
                 gram: Tensor) -> Tensor:
         invstd, scale, shift = _affine(nweight, nbias, mean, var, eps)
         bias = torch.zeros_like(scale) if lbias is None else lbias
-        wt, b = _vec((weight * scale[:, None]).t(), x.dtype), _vec(scale * bias + shift, x.dtype)
-        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-        ops_native.call("narrow_relu", x.dtype, x.data_ptr(), x.shape[0], x.shape[1], weight.shape[0], wt.data_ptr(),
-                        b.data_ptr(), out.data_ptr())
+        wt, b = _narrow_fold(weight, bias, scale, shift, x.dtype)
+        out = narrow_relu(x, wt, b)
         ctx.save_for_backward(x, weight, bias, out, mean, invstd, scale, colsum, gram)
         ctx.batch_stats, ctx.has = batch_stats, (lbias is not None, nweight is not None, nbias is not None)
         return out
@@ -213,28 +260,18 @@ class _NarrowBatchNormRelu(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, bias, out, mean, invstd, scale, colsum, gram = ctx.saved_tensors
-        R, K = x.shape
-        C = weight.shape[0]
-        grad = grad.contiguous()
-        sums = torch.empty((1 + K) * C, dtype=torch.float64)
-        ops_native.call("narrow_sums", x.dtype, grad.data_ptr(), out.data_ptr(), x.data_ptr(), R, K, C,
-                        sums.data_ptr())
-        dy_sum, moment = sums[:C], sums[C:].view(K, C).t()                  # sum dy (C), P = dy^T x (C, K)
-        w, b, mu, inv, sc = (t.double() for t in (weight, bias, mean, invstd, scale))     # (C)-sized: in double
-        dyx_sum = ((moment * w).sum(1) + dy_sum * (b - mu)) * inv
-        slope, offset = _input_grad_map(sc, inv, mu, dy_sum, dyx_sum, R, ctx.batch_stats)
-        dx = dw = db = None
+        sums = torch.zeros((1 + x.shape[1]) * weight.shape[0], dtype=torch.float64)
+        narrow_sums(grad.contiguous(), out, x, sums)
+        terms = _NarrowGrads(sums, x.shape[0], weight, bias, mean, invstd, scale, colsum, gram, ctx.batch_stats)
+        dx = None
         if ctx.needs_input_grad[0]:
-            dz = scale * grad * (out > 0) + slope.to(x.dtype) * nn.functional.linear(x, weight, bias)
-            dx = (dz + offset.to(x.dtype)) @ weight
-        if ctx.needs_input_grad[1]:
-            dw = sc[:, None] * moment + slope[:, None] * (w @ gram + b[:, None] * colsum[None, :])
-            dw = (dw + offset[:, None] * colsum[None, :]).to(x.dtype)
-        if ctx.has[0] and ctx.needs_input_grad[2]:
-            db = (sc * dy_sum + slope * (colsum @ w.t() + R * b) + R * offset).to(x.dtype)
-        nweight_grad = dyx_sum.to(x.dtype) if ctx.has[1] and ctx.needs_input_grad[3] else None
-        nbias_grad = dy_sum.to(x.dtype) if ctx.has[2] and ctx.needs_input_grad[4] else None
-        return dx, dw, db, nweight_grad, nbias_grad, None, None, None, None, None, None
+            dz = scale * grad * (out > 0) + terms.slope.to(x.dtype) * nn.functional.linear(x, weight, bias)
+            dx = (dz + terms.offset.to(x.dtype)) @ weight
+        return (dx, terms.weight_grad(x.dtype) if ctx.needs_input_grad[1] else None,
+                terms.bias_grad(x.dtype) if ctx.has[0] and ctx.needs_input_grad[2] else None,
+                terms.dyx_sum.to(x.dtype) if ctx.has[1] and ctx.needs_input_grad[3] else None,
+                terms.dy_sum.to(x.dtype) if ctx.has[2] and ctx.needs_input_grad[4] else None,
+                None, None, None, None, None, None)
 
 
 def narrow_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> Tensor:
@@ -247,6 +284,15 @@ def narrow_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -
         raise ValueError(f"narrow_batch_norm_relu expects rows (R, K) with K <= {NARROW}; got {tuple(x.shape)}")
     _check_backend(x, "native")
     x = x.contiguous()
+    mean, var, batch_stats, colsum, gram = _narrow_statistics(x, linear, norm)
+    return _NarrowBatchNormRelu.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, mean, var, norm.eps,
+                                      batch_stats, colsum, gram)
+
+
+def _narrow_statistics(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -> Tuple[Tensor, Tensor, bool, Tensor,
+                                                                                  Tensor]:
+    """``norm``'s (mean, var, batch_stats) for ``linear(x)``, x (R, K <= 8), from x's mean and covariance (float64;
+    running statistics updated), and x's column sums and Gram matrix (float64)."""
     R, K = x.shape
     sums = torch.empty(K + K * K, dtype=torch.float64)
     ops_native.call("narrow_moments", x.dtype, x.data_ptr(), R, K, sums.data_ptr())
@@ -262,8 +308,95 @@ def narrow_batch_norm_relu(x: Tensor, linear: nn.Linear, norm: nn.BatchNorm1d) -
         return mean.to(x.dtype), ((w @ cov) * w).sum(1).clamp_min(0).to(x.dtype)
 
     mean, var, batch_stats = _statistics(norm, R, moments)
-    return _NarrowBatchNormRelu.apply(x, linear.weight, linear.bias, norm.weight, norm.bias, mean, var, norm.eps,
-                                      batch_stats, colsum, gram)
+    return mean, var, batch_stats, colsum, gram
+
+
+class _NarrowStem(torch.autograd.Function):
+    """Two layers, ``ReLU(BN2(ReLU(BN1(x W1^T + b1)) W2^T + b2))`` for x (R, K <= 8) that needs no gradient, given z2
+    (computed a block at a time from in-cache blocks of the first layer's output, which is never stored). Backward:
+    the second norm's sums (one pass over grad and z2), then a block of rows at a time in cache: dz2, the first
+    layer's output recomputed from x, ``dW2 += dz2^T y1``, ``dy1 = dz2 W2`` and the first layer's ``(sum dy1,
+    dy1^T x)``, from which its gradients follow (:class:`_NarrowGrads`): dz2 and dy1 never reach memory."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w1: Tensor, lb1: Optional[Tensor], g1: Optional[Tensor], be1: Optional[Tensor],
+                w2: Tensor, lb2: Optional[Tensor], g2: Optional[Tensor], be2: Optional[Tensor], first: Tuple,
+                z2: Tensor, mean2: Tensor, var2: Tensor, eps2: float, batch_stats2: bool) -> Tensor:
+        mean1, invstd1, scale1, bias1, wt1, b1, colsum, gram, batch_stats1 = first
+        _, scale2, shift2 = _affine(g2, be2, mean2, var2, eps2)
+        invstd2 = torch.rsqrt(var2 + eps2)
+        scale2, shift2 = _vec(scale2, z2.dtype), _vec(shift2, z2.dtype)
+        ctx.save_for_backward(x, w1, bias1, wt1, b1, mean1, invstd1, scale1, colsum, gram, w2, z2, mean2, invstd2,
+                              scale2, shift2)
+        ctx.batch_stats = (batch_stats1, batch_stats2)
+        ctx.has = (lb1 is not None, g1 is not None, be1 is not None, lb2 is not None, g2 is not None,
+                   be2 is not None)
+        return bn_relu_forward(z2, scale2, shift2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        (x, w1, bias1, wt1, b1, mean1, invstd1, scale1, colsum, gram, w2, z2, mean2, invstd2, scale2,
+         shift2) = ctx.saved_tensors
+        grad = grad.contiguous()
+        R, C1, C2 = x.shape[0], w1.shape[0], w2.shape[0]
+        dy_sum2, dyx_sum2, slope2, offset2 = _bn_relu_grad_terms(grad, z2, mean2, invstd2, scale2, shift2,
+                                                                 ctx.batch_stats[1])
+        dw2, db2 = torch.zeros_like(w2), torch.zeros(C2, dtype=z2.dtype)
+        sums = torch.zeros((1 + x.shape[1]) * C1, dtype=torch.float64)
+        per = _block_rows(max(C1, C2), z2.dtype)
+        dz2_block, y1_block, dy1_block = (torch.empty(min(per, R), c, dtype=z2.dtype) for c in (C2, C1, C1))
+        for r0 in range(0, R, per):
+            r1 = min(R, r0 + per)
+            dz2 = bn_relu_backward(grad[r0:r1], z2[r0:r1], scale2, shift2, slope2, offset2, out=dz2_block[:r1 - r0])
+            y1 = narrow_relu(x[r0:r1], wt1, b1, out=y1_block[:r1 - r0])
+            dw2.addmm_(dz2.t(), y1)
+            db2 += dz2.sum(0)
+            narrow_sums(torch.mm(dz2, w2, out=dy1_block[:r1 - r0]), y1, x[r0:r1], sums)
+        first = _NarrowGrads(sums, R, w1, bias1, mean1, invstd1, scale1, colsum, gram, ctx.batch_stats[0])
+        has, needs = ctx.has, ctx.needs_input_grad
+        return (None, first.weight_grad(x.dtype) if needs[1] else None,
+                first.bias_grad(x.dtype) if has[0] and needs[2] else None,
+                first.dyx_sum.to(x.dtype) if has[1] and needs[3] else None,
+                first.dy_sum.to(x.dtype) if has[2] and needs[4] else None,
+                dw2 if needs[5] else None, db2 if has[3] and needs[6] else None,
+                dyx_sum2 if has[4] and needs[7] else None, dy_sum2 if has[5] and needs[8] else None,
+                None, None, None, None, None, None)
+
+
+def narrow_stem(x: Tensor, linear1: nn.Linear, norm1: nn.BatchNorm1d, linear2: nn.Linear,
+                norm2: nn.BatchNorm1d) -> Tensor:
+    """``ReLU(norm2(linear2(ReLU(norm1(linear1(x))))))`` for rows x (R, K <= 8) of xyz offsets that need no gradient
+    (a first level's first two layers) as one op (:class:`_NarrowStem`): the first layer as
+    :func:`narrow_batch_norm_relu` computes it, but its output only ever exists a block of rows at a time in cache
+    (forward: fed to ``linear2``; backward: recomputed from x). Both norms used and updated as calling them would;
+    compiled loops needed. Same values and gradients as the modules up to rounding."""
+    if x.dim() != 2 or x.shape[1] > NARROW or x.requires_grad:
+        raise ValueError(f"narrow_stem expects rows (R, K) with K <= {NARROW} that need no gradient; got "
+                         f"{tuple(x.shape)}, requires_grad={x.requires_grad}")
+    _check_backend(x, "native")
+    x = x.contiguous()
+    mean1, var1, batch_stats1, colsum, gram = _narrow_statistics(x, linear1, norm1)
+    with torch.no_grad():
+        invstd1, scale1, shift1 = _affine(norm1.weight, norm1.bias, mean1, var1, norm1.eps)
+        bias1 = torch.zeros_like(scale1) if linear1.bias is None else linear1.bias.detach()
+        wt1, b1 = _narrow_fold(linear1.weight.detach(), bias1, scale1, shift1, x.dtype)
+        R, C1, C2 = x.shape[0], linear1.out_features, linear2.out_features
+        z2, total, squares = torch.empty(R, C2, dtype=x.dtype), 0, 0
+        per = _block_rows(max(C1, C2), x.dtype)
+        y1_block, w2t = torch.empty(min(per, R), C1, dtype=x.dtype), linear2.weight.detach().t()
+        for r0 in range(0, R, per):
+            r1 = min(R, r0 + per)
+            y1 = narrow_relu(x[r0:r1], wt1, b1, out=y1_block[:r1 - r0])
+            if linear2.bias is None:
+                torch.mm(y1, w2t, out=z2[r0:r1])
+            else:
+                torch.addmm(linear2.bias.detach(), y1, w2t, out=z2[r0:r1])
+            block_sum, block_squares = batch_norm_stats(z2[r0:r1])
+            total, squares = total + block_sum, squares + block_squares
+    mean2, var2, batch_stats2 = _statistics(norm2, R, lambda: _moments(total, squares, R, x.dtype))
+    first = (mean1, invstd1, scale1, bias1, wt1, b1, colsum, gram, batch_stats1)
+    return _NarrowStem.apply(x, linear1.weight, linear1.bias, norm1.weight, norm1.bias, linear2.weight, linear2.bias,
+                             norm2.weight, norm2.bias, first, z2, mean2, var2, norm2.eps, batch_stats2)
 
 
 def rows_scatter(dx: Tensor, k: int, rows: Tensor, add: Tensor, weight: Tensor) -> None:

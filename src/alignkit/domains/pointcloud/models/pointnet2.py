@@ -23,7 +23,8 @@ from alignkit.core.registry import ENCODERS, ConfigError
 from alignkit.domains.pointcloud import ops_native
 from alignkit.domains.pointcloud.models.grouped_norm import batch_norm_relu_max
 from alignkit.domains.pointcloud.models.linear_norm import (gathered_linear_batch_norm_relu, linear_batch_norm_relu,
-                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu)
+                                                            linear_batch_norm_relu_max, narrow_batch_norm_relu,
+                                                            narrow_stem)
 from alignkit.domains.pointcloud.models.rows_linear import NARROW, linear_rows
 from alignkit.domains.pointcloud.ops import ball_query, farthest_point_sample, gather_points, group, three_interpolate
 
@@ -161,9 +162,9 @@ class SetAbstraction(nn.Module):
 
         With ``fused`` (default) the level's last BatchNorm - ReLU and the max run as one op
         (:func:`batch_norm_relu_max`), and on CPU every ``Linear - BatchNorm - ReLU`` layer runs as one op
-        (:mod:`.linear_norm`: the first over xyz offsets, the middle ones, the last with the max); same values and
-        gradients up to rounding. A norm that is not a plain BatchNorm1d (SyncBatchNorm under DDP) runs as its
-        module.
+        (:mod:`.linear_norm`: the first two over xyz offsets together, the middle ones, the last with the max); same
+        values and gradients up to rounding. A norm that is not a plain BatchNorm1d (SyncBatchNorm under DDP) runs as
+        its module.
         """
         B, M, k, _ = grouped.shape
         h = grouped.reshape(-1, grouped.shape[-1])
@@ -175,18 +176,26 @@ class SetAbstraction(nn.Module):
         """The fused path of :meth:`pool` from layer index ``start`` (a multiple of 3) on rows h (B M k, C)."""
         layers = list(self.mlp)
         native = ops_native.supports(h)
-        for i in range(start, len(layers), 3):
+        plain = [type(layers[j + 1]) is nn.BatchNorm1d and isinstance(layers[j + 2], nn.ReLU)
+                 for j in range(0, len(layers), 3)]
+        i = start
+        while i < len(layers):
             linear, norm, relu = layers[i:i + 3]
-            plain = type(norm) is nn.BatchNorm1d and isinstance(relu, nn.ReLU)
-            if plain and i + 3 == len(layers):
+            if plain[i // 3] and i + 3 == len(layers):
                 if native:
                     return linear_batch_norm_relu_max(h, linear, norm, k).reshape(B, M, -1)
                 return batch_norm_relu_max(linear(h), norm, k).reshape(B, M, -1)
-            if native and plain:
+            if (i + 6 < len(layers) and native and plain[i // 3] and plain[i // 3 + 1] and h.shape[-1] <= NARROW
+                    and not h.requires_grad):             # two layers, the first's output only in cache blocks
+                h = narrow_stem(h, linear, norm, layers[i + 3], layers[i + 4])
+                i += 6
+                continue
+            if native and plain[i // 3]:
                 fused = narrow_batch_norm_relu if h.shape[-1] <= NARROW else linear_batch_norm_relu
                 h = fused(h, linear, norm)
             else:
                 h = relu(norm(linear_rows(h, linear) if native else linear(h)))
+            i += 3
         return h.reshape(B, M, k, -1).amax(dim=2)       # the last norm was replaced (SyncBatchNorm): modules
 
 
