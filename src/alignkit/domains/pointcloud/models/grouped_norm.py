@@ -15,11 +15,10 @@ The backward is batch norm's, with the upstream gradient non-zero only at the se
 (statistics are accumulated in double on CPU); the running statistics are updated as
 :class:`torch.nn.BatchNorm1d` does, ``num_batches_tracked`` included.
 
-On CPU the level's linear layers run fused with their batch norms (:mod:`.linear_norm`): this module holds the
-compiled passes and the batch norm algebra they share.
-
 On CPU the statistics and the selection run as compiled loops (C source in :mod:`..native_norm_source`, built
-into :mod:`..ops_native`'s library); elsewhere, or when z holds a NaN, the same computation runs in PyTorch.
+into :mod:`..ops_native`'s library); elsewhere, or when z holds a NaN, the same computation runs in PyTorch. On CPU
+the level's linear layers also run fused with their batch norms (:mod:`.linear_norm`), on the compiled passes and
+the batch norm algebra this module holds.
 """
 from __future__ import annotations
 
@@ -138,13 +137,6 @@ def _select(z3: Tensor, sign: Tensor, native: bool) -> Tuple[Tensor, Tensor]:
     return torch.where(keep, top, low), torch.where(keep, top_idx, low_idx)
 
 
-def _pick(z3: Tensor, scale: Tensor, shift: Tensor, native: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """``max_k ReLU(scale z + shift)`` of z3 (G, k, C): (the picked z, their rows, the output), picking the max of z
-    where ``scale >= 0`` and the min where it is negative."""
-    picked, rows = _select(z3, torch.where(scale < 0, -1.0, 1.0).to(z3.dtype), native)
-    return picked, rows, torch.relu(torch.addcmul(shift, picked, scale))
-
-
 def _affine(weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor, eps: float
             ) -> Tuple[Tensor, Tensor, Tensor]:
     """Batch norm as the per-channel map ``scale z + shift``: (invstd, scale, shift)."""
@@ -177,7 +169,8 @@ class _BatchNormReluMax(torch.autograd.Function):
     def forward(ctx: Any, z3: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
                 var: Tensor, eps: float, batch_stats: bool, native: bool) -> Tensor:
         invstd, scale, shift = _affine(weight, bias, mean, var, eps)
-        picked, rows, out = _pick(z3, scale, shift, native)
+        picked, rows = _select(z3, torch.where(scale < 0, -1.0, 1.0).to(z3.dtype), native)   # the min where scale < 0
+        out = torch.relu(torch.addcmul(shift, picked, scale))
         ctx.save_for_backward(z3, rows, picked, out, mean, invstd, scale)
         ctx.batch_stats, ctx.native, ctx.affine = batch_stats, native, (weight is not None, bias is not None)
         return out

@@ -24,7 +24,7 @@ compiled loops (:mod:`..native_norm_source`) are needed: callers run the modules
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +42,19 @@ BLOCK_BYTES = 1 << 20
 
 def _block_rows(width: int, dtype: torch.dtype, multiple: int = 1) -> int:
     """Rows per block: whole multiples of ``multiple`` (a group's k rows), rows of ``width`` values of ``dtype``."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return multiple * max(1, BLOCK_BYTES // max(1, multiple * width * itemsize))
+    return multiple * max(1, BLOCK_BYTES // max(1, multiple * width * dtype.itemsize))
+
+
+def _dz_blocks(grad: Tensor, z: Tensor, scale: Tensor, shift: Tensor, slope: Tensor, offset: Tensor, width: int
+               ) -> Iterator[Tuple[int, int, Tensor]]:
+    """Batch norm + ReLU's input gradient dz (:func:`bn_relu_backward`) a block of rows at a time, each written into
+    one reused in-cache buffer (blocks sized for rows of ``width`` values): yields (first row, end row, dz)."""
+    R, C = z.shape
+    per = _block_rows(width, z.dtype)
+    block = torch.empty(min(per, R), C, dtype=z.dtype)
+    for r0 in range(0, R, per):
+        r1 = min(R, r0 + per)
+        yield r0, r1, bn_relu_backward(grad[r0:r1], z[r0:r1], scale, shift, slope, offset, out=block[:r1 - r0])
 
 
 def _bn_relu_grad_terms(grad: Tensor, z: Tensor, mean: Tensor, invstd: Tensor, scale: Tensor, shift: Tensor,
@@ -154,17 +165,12 @@ class _LinearBatchNormRelu(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         x, weight, z, mean, invstd, scale, shift = ctx.saved_tensors
         grad = grad.contiguous()
-        R, C = z.shape
         dy_sum, dyx_sum, slope, offset = _bn_relu_grad_terms(grad, z, mean, invstd, scale, shift, ctx.batch_stats)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         db = torch.zeros_like(dy_sum) if ctx.has[0] and ctx.needs_input_grad[2] else None
         if dx is not None or dw is not None or db is not None:
-            per = _block_rows(max(C, x.shape[1]), z.dtype)
-            block = torch.empty(min(per, R), C, dtype=z.dtype)
-            for r0 in range(0, R, per):
-                r1 = min(R, r0 + per)
-                dz = bn_relu_backward(grad[r0:r1], z[r0:r1], scale, shift, slope, offset, out=block[:r1 - r0])
+            for r0, r1, dz in _dz_blocks(grad, z, scale, shift, slope, offset, max(z.shape[1], x.shape[1])):
                 if dw is not None:
                     dw.addmm_(dz.t(), x[r0:r1])
                 if dx is not None:
@@ -343,11 +349,9 @@ class _NarrowStem(torch.autograd.Function):
                                                                  ctx.batch_stats[1])
         dw2, db2 = torch.zeros_like(w2), torch.zeros(C2, dtype=z2.dtype)
         sums = torch.zeros((1 + x.shape[1]) * C1, dtype=torch.float64)
-        per = _block_rows(max(C1, C2), z2.dtype)
-        dz2_block, y1_block, dy1_block = (torch.empty(min(per, R), c, dtype=z2.dtype) for c in (C2, C1, C1))
-        for r0 in range(0, R, per):
-            r1 = min(R, r0 + per)
-            dz2 = bn_relu_backward(grad[r0:r1], z2[r0:r1], scale2, shift2, slope2, offset2, out=dz2_block[:r1 - r0])
+        width = max(C1, C2)
+        y1_block, dy1_block = (torch.empty(min(_block_rows(width, z2.dtype), R), C1, dtype=z2.dtype) for _ in range(2))
+        for r0, r1, dz2 in _dz_blocks(grad, z2, scale2, shift2, slope2, offset2, width):
             y1 = narrow_relu(x[r0:r1], wt1, b1, out=y1_block[:r1 - r0])
             dw2.addmm_(dz2.t(), y1)
             db2 += dz2.sum(0)

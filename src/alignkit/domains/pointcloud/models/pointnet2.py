@@ -153,9 +153,13 @@ class SetAbstraction(nn.Module):
         """Whether the first layer runs on the previous level's points before grouping
         (:func:`gathered_linear_batch_norm_relu`): fused, on CPU with the compiled loops, a plain first
         ``Linear - BatchNorm1d - ReLU`` that is not the level's last."""
+        return self.fused and len(self.mlp) > 3 and self.plain_layers()[0] and ops_native.supports(feats)
+
+    def plain_layers(self) -> List[bool]:
+        """Per ``Linear - norm - activation`` layer: a plain BatchNorm1d and ReLU (what the fused ops replace)."""
         layers = list(self.mlp)
-        return (self.fused and len(layers) > 3 and type(layers[1]) is nn.BatchNorm1d and isinstance(layers[2], nn.ReLU)
-                and ops_native.supports(feats))
+        return [type(layers[j + 1]) is nn.BatchNorm1d and isinstance(layers[j + 2], nn.ReLU)
+                for j in range(0, len(layers), 3)]
 
     def pool(self, grouped: Tensor) -> Tensor:
         """(B, M, k, C_in) -> ``max_k MLP`` (B, M, out_dim).
@@ -176,8 +180,7 @@ class SetAbstraction(nn.Module):
         """The fused path of :meth:`pool` from layer index ``start`` (a multiple of 3) on rows h (B M k, C)."""
         layers = list(self.mlp)
         native = ops_native.supports(h)
-        plain = [type(layers[j + 1]) is nn.BatchNorm1d and isinstance(layers[j + 2], nn.ReLU)
-                 for j in range(0, len(layers), 3)]
+        plain = self.plain_layers()
         i = start
         while i < len(layers):
             linear, norm, relu = layers[i:i + 3]
